@@ -1,0 +1,14 @@
+"""Stage 1 of AutoChunk: activation-memory analysis (compute only, never rewrites IR)."""
+
+from .memory import BindingMemory, MemoryProfile, estimate_activation_memory, format_bytes
+from .planned import StaticAllocation, lower_to_memory_plan, static_allocation
+
+__all__ = [
+    "BindingMemory",
+    "MemoryProfile",
+    "StaticAllocation",
+    "estimate_activation_memory",
+    "format_bytes",
+    "lower_to_memory_plan",
+    "static_allocation",
+]

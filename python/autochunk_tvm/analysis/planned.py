@@ -1,0 +1,224 @@
+"""What TVM will allocate: the static memory number of a build, before running it.
+
+The high-level profile counts every tensor the graph names. A build allocates something else:
+fusion removes intermediates, ``StaticPlanBlockMemory`` packs tensors into reusable storages,
+fused PrimFuncs allocate full-size workspace of their own (DESIGN.md §4), and the VM's
+allocators keep what they freed. :func:`static_allocation` lowers the module with the target's
+own Relax pipeline up to memory planning and replays the plan through models of the two
+runtime allocators:
+
+* the VM's **pooled allocator** (``memory/pooled_allocator.h``): sizes rounded up to 4 KiB
+  pages; a freed buffer goes back to a pool keyed by its exact rounded size and is reused only
+  for that size; nothing is returned to the system during a call;
+* the device's **workspace pool** (``workspace_pool.cc``), which serves TIR-internal
+  allocations: a request larger than the cached buffer frees it and allocates the larger one.
+
+The simulated footprint is what a fresh process's peak RSS (CPU) or device memory (CUDA) grows
+by during one call, which :func:`autochunk_tvm.measure_peak_memory` measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from .memory import INPUT, MemoryProfile, analyse_liveness, estimate_activation_memory
+from .tir_workspace import lowered_workspace_allocations
+
+PAGE_BYTES = 4096  # PooledAllocator::kDefaultPageSize and kWorkspacePageSize
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticAllocation:
+    """Memory a built module allocates during one call of a function (integer bytes).
+
+    Attributes
+    ----------
+    peak_bytes
+        Peak of pooled storage plus TIR workspace during the call: the predicted growth of the
+        process's (CPU) or device's (CUDA) memory. Inputs, created before the call, excluded.
+    pool_bytes
+        Bytes the VM's pooled allocator holds at the end of the call (storages and outputs).
+    workspace_bytes
+        Largest TIR-internal workspace of one kernel call.
+    output_bytes
+        Bytes of the call's outputs (inside ``pool_bytes``).
+    planned_bytes
+        Sum of the storages ``StaticPlanBlockMemory`` planned (before allocator rounding/reuse).
+    peak_binding
+        Binding of the lowered function at which ``peak_bytes`` is reached.
+    profile
+        Liveness profile of the lowered function (its storages are the planned ones).
+    target
+        The target it was lowered for.
+    """
+
+    peak_bytes: int
+    pool_bytes: int
+    workspace_bytes: int
+    output_bytes: int
+    planned_bytes: int
+    peak_binding: str
+    profile: MemoryProfile
+    target: str
+
+
+def backend_pipeline_module(target: tvm.target.Target):
+    """The Relax backend pipeline module of a target (DESIGN.md §5: the generic
+    ``relax.pipeline.dataflow_lower_passes`` fails in 0.27, the backend modules do not)."""
+    kind = target.kind.name
+    if kind == "cuda":
+        from tvm.relax.backend.cuda import pipeline
+    elif kind in ("llvm", "c"):
+        from tvm.relax.backend.cpu_generic import pipeline
+    else:
+        raise ValueError(
+            f"no Relax backend pipeline known for target kind {kind!r}; use 'llvm' or 'cuda'"
+        )
+    return pipeline
+
+
+def as_target(target: Any) -> tvm.target.Target:
+    """Accept a Target, a kind string (``"llvm"``, ``"cuda"``) or a JSON-style dict."""
+    if isinstance(target, tvm.target.Target):
+        return target
+    if target == "cuda":
+        # NOTE [cuda arch]: Target("cuda") wants an arch; sm_80 is the oldest we build for.
+        return tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+    return tvm.target.Target(target)
+
+
+def lower_to_memory_plan(mod: tvm.IRModule, target: Any = "llvm") -> tvm.IRModule:
+    """Run the target's Relax pipeline up to and including ``StaticPlanBlockMemory``."""
+    tgt = as_target(target)
+    pipeline = backend_pipeline_module(tgt)
+    passes = (
+        pipeline.library_dispatch_passes(tgt)
+        + pipeline.legalize_passes(tgt)
+        + pipeline.dataflow_lower_passes(tgt)
+        + [relax.transform.StaticPlanBlockMemory()]
+    )
+    with tgt:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _round_page(nbytes: int) -> int:
+    return -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+
+
+class WorkspacePoolModel:
+    """Replays the device workspace pool (``src/runtime/workspace_pool.cc``) on sizes only.
+
+    The pool keeps freed buffers in a list sorted by size. A request takes the smallest cached
+    buffer that fits; if none fits, it frees the *largest* cached buffer and allocates a new
+    one of the requested size. Memory held = cached + in use, which is what RSS or device
+    memory sees.
+    """
+
+    def __init__(self) -> None:
+        self.free: list[int] = []  # cached buffer sizes, ascending
+        self.held = 0  # bytes currently obtained from the device
+
+    def _alloc(self, nbytes: int) -> int:
+        size = _round_page(nbytes) or PAGE_BYTES
+        fits = [i for i, cached in enumerate(self.free) if cached >= size]
+        if fits:
+            return self.free.pop(fits[0])
+        if self.free:
+            self.held -= self.free.pop()  # the largest cached buffer is released
+        self.held += size
+        return size
+
+    def _release(self, size: int) -> None:
+        self.free.append(size)
+        self.free.sort()
+
+    def run_kernel(self, allocations: tuple[int, ...]) -> int:
+        """Allocate ``allocations`` in order, free them in reverse; return the bytes held
+        at the kernel's high point."""
+        taken = [self._alloc(nbytes) for nbytes in allocations if nbytes > 0]
+        high = self.held
+        for size in reversed(taken):
+            self._release(size)
+        return high
+
+
+def static_allocation(
+    mod: tvm.IRModule,
+    target: Any = "llvm",
+    *,
+    func_name: str = "main",
+    bounds: Mapping[str, int] | None = None,
+) -> StaticAllocation:
+    """Predict the memory a build of ``mod`` for ``target`` allocates during one call.
+
+    Parameters
+    ----------
+    mod
+        A high-level Relax module (as imported, or after AutoChunk).
+    target
+        ``"llvm"``, ``"cuda"``, a dict or a ``tvm.target.Target``.
+    func_name
+        Entry function.
+    bounds
+        Values for symbolic shape variables (default: the function's upper bounds).
+
+    Returns
+    -------
+    StaticAllocation
+    """
+    tgt = as_target(target)
+    lowered = lower_to_memory_plan(mod, tgt)
+    func = lowered[func_name]
+    workspace = lowered_workspace_allocations(lowered, tgt)
+    live = analyse_liveness(lowered, func, bounds, workspace)
+    n = len(live.bindings)
+    allocs_at: dict[int, list[int]] = {}
+    frees_at: dict[int, list[int]] = {}
+    for s, st in enumerate(live.storages):
+        if st.kind == INPUT:
+            continue
+        allocs_at.setdefault(st.start, []).append(s)
+        if st.end < n:
+            frees_at.setdefault(st.end, []).append(s)
+
+    pool_total = 0  # bytes the pooled allocator got from the device, never given back
+    free_pool: dict[int, int] = {}  # rounded size -> number of cached buffers
+    workspace_pool = WorkspacePoolModel()
+    peak, peak_index = 0, -1
+    for i in range(n):
+        for s in allocs_at.get(i, ()):
+            size = _round_page(live.sizes[s])
+            if free_pool.get(size, 0):
+                free_pool[size] -= 1
+            else:
+                pool_total += size
+        ws_peak = workspace_pool.run_kernel(live.workspace_allocs[i])
+        if pool_total + ws_peak > peak:
+            peak, peak_index = pool_total + ws_peak, i
+        for s in frees_at.get(i, ()):
+            size = _round_page(live.sizes[s])
+            free_pool[size] = free_pool.get(size, 0) + 1
+
+    profile = estimate_activation_memory(
+        lowered, func_name=func_name, bounds=bounds, workspace=workspace
+    )
+    planned = sum(
+        live.sizes[s]
+        for s, st in enumerate(live.storages)
+        if st.kind != INPUT and live.ops[st.start].startswith("relax.memory.alloc_storage")
+    )
+    return StaticAllocation(
+        peak_bytes=peak,
+        pool_bytes=pool_total,
+        workspace_bytes=max(live.workspaces, default=0),
+        output_bytes=profile.output_bytes,
+        planned_bytes=planned,
+        peak_binding=live.bindings[peak_index].var.name if peak_index >= 0 else "",
+        profile=profile,
+        target=str(tgt.kind.name),
+    )

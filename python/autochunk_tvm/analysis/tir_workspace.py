@@ -1,0 +1,145 @@
+"""TIR-internal allocations of a PrimFunc: the workspace a kernel allocates while it runs.
+
+Relax's memory planner sees only the buffers passed to a PrimFunc. A fused PrimFunc that keeps
+full-size intermediates (FuseTIR on CPU, where nothing inlines them) allocates them itself, at
+run time, through the device's workspace pool. Those bytes are live only during the call, but
+they can dominate the peak (DESIGN.md §4), so the memory analysis adds them at the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tvm import tirx
+
+from .sizes import SizeExpr, dtype_bytes
+
+# NOTE [device memory scopes]: only these scopes live in the device's main memory. "shared",
+# "local", "warp", "wmma.*" and the like are on-chip on GPUs (registers, SMEM) and bounded by
+# hardware, not by sequence length.
+GLOBAL_SCOPES = frozenset({"", "global"})
+
+# Attributes of TIR statements that hold child statements.
+_CHILD_FIELDS = ("body", "block", "then_case", "else_case", "init")
+
+
+def _children(stmt) -> Iterator:
+    seq = getattr(stmt, "seq", None)
+    if seq is not None:
+        yield from seq
+    for field in _CHILD_FIELDS:
+        child = getattr(stmt, field, None)
+        if child is not None and not isinstance(child, tirx.Expr):
+            yield child
+
+
+def _allocated_buffers(stmt) -> Iterator[tirx.Buffer]:
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        yield from getattr(node, "alloc_buffers", ()) or ()
+        if isinstance(node, tirx.AllocBuffer):
+            yield node.buffer
+        stack.extend(reversed(list(_children(node))))
+
+
+def buffer_scope(buf: tirx.Buffer) -> str:
+    return str(buf.scope())
+
+
+def workspace_bytes(func: tirx.PrimFunc) -> SizeExpr:
+    """Bytes of global-scope buffers that ``func`` allocates internally.
+
+    Parameters
+    ----------
+    func
+        A PrimFunc at any stage from legalization up to (not including) TIR lowering.
+
+    Returns
+    -------
+    int or PrimExpr
+        The sum over the function's own ``alloc_buffer``\\ s in global scope. It is an upper
+        bound of what the TIR lowering keeps: ``StorageRewrite`` may later merge buffers whose
+        lifetimes do not overlap. A symbolic expression when buffer shapes are symbolic.
+    """
+    total: SizeExpr = 0
+    for buf in _global_buffers(func.body):
+        total = total + _buffer_bytes(buf)
+    return total
+
+
+def _global_buffers(body) -> list[tirx.Buffer]:
+    # Program order (pre-order walk), so a replay allocates in the order the kernel does.
+    return [b for b in _allocated_buffers(body) if buffer_scope(b) in GLOBAL_SCOPES]
+
+
+def _buffer_bytes(buf: tirx.Buffer) -> SizeExpr:
+    size: SizeExpr = dtype_bytes(str(buf.dtype))
+    for dim in buf.shape:
+        size = size * dim
+    return size
+
+
+def _storage_passes() -> list:
+    """The default s_tir pipeline (``tvm/s_tir/pipeline.py``) up to ``StorageRewrite``.
+
+    NOTE [exact workspace]: the sum of ``alloc_buffer``\\ s over-counts: ``StorageRewrite``
+    shares memory between buffers whose lifetimes do not overlap (it halves the workspace of a
+    fused ``multiply -> where`` chain, for example). Running TVM's own passes up to that point
+    gives the allocations the built kernel will really make. The list mirrors the 0.27 pipeline
+    order; passes after ``StorageRewrite`` do not change global allocations.
+    """
+    from tvm import s_tir
+
+    return [
+        s_tir.transform.CanonicalizeLoop(),
+        s_tir.transform.LowerCrossThreadReduction(),
+        s_tir.transform.LowerInitBlock(),
+        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.LiftThreadBinding(),
+        s_tir.transform.ManifestSharedMemoryLocalStage(),
+        s_tir.transform.CompactBufferAllocation(),
+        s_tir.transform.LowerAutoCopy(),
+        s_tir.transform.UnifyThreadBinding(),
+        s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.StmtSimplify(),
+        s_tir.transform.LowerOpaqueBlock(),
+        tirx.transform.FlattenBuffer(),
+        tirx.transform.StorageRewrite(),
+    ]
+
+
+def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]]:
+    """Global-scope allocations (bytes, in program order) each PrimFunc of ``mod`` makes once
+    lowered for ``target``.
+
+    Only functions with internal allocations are lowered (the rest allocate nothing). A function
+    the passes cannot lower keeps its :func:`workspace_bytes` upper bound.
+    """
+    import tvm
+
+    candidates = {
+        gv: func
+        for gv, func in mod.functions.items()
+        if isinstance(func, tirx.PrimFunc) and not _is_zero_size(workspace_bytes(func))
+    }
+    result: dict[str, tuple[SizeExpr, ...]] = {
+        gv.name_hint: (workspace_bytes(f),) for gv, f in candidates.items()
+    }
+    if not candidates:
+        return result
+    with target:
+        lowered = tvm.transform.Sequential(_storage_passes())(
+            tirx.transform.BindTarget(target)(tvm.IRModule(candidates))
+        )
+    for gv, func in lowered.functions.items():
+        result[gv.name_hint] = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
+    return result
+
+
+def _is_zero_size(size: SizeExpr) -> bool:
+    try:
+        return int(size) == 0
+    except TypeError:
+        return False

@@ -1,0 +1,23 @@
+"""Running compiled models: peak-memory measurement and timing."""
+
+from .measure import (
+    DeviceUnavailableError,
+    PeakMemory,
+    Timing,
+    cuda_available,
+    measure_peak_memory,
+    speed_ratio,
+    time_callable,
+    vm_callable,
+)
+
+__all__ = [
+    "DeviceUnavailableError",
+    "PeakMemory",
+    "Timing",
+    "cuda_available",
+    "measure_peak_memory",
+    "speed_ratio",
+    "time_callable",
+    "vm_callable",
+]
