@@ -498,7 +498,7 @@ def estimate_activation_memory(
     workspace
         Internal allocations of called PrimFuncs by name, when known exactly (see
         :func:`~.tir_workspace.lowered_workspace_allocations`); otherwise the sum of their
-        ``alloc_buffer``\ s is used, an upper bound.
+        ``alloc_buffer`` allocations is used, an upper bound.
 
     Returns
     -------

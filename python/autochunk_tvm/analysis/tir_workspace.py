@@ -58,7 +58,7 @@ def workspace_bytes(func: tirx.PrimFunc) -> SizeExpr:
     Returns
     -------
     int or PrimExpr
-        The sum over the function's own ``alloc_buffer``\\ s in global scope. It is an upper
+        The sum over the function's own ``alloc_buffer`` allocations in global scope. It is an upper
         bound of what the TIR lowering keeps: ``StorageRewrite`` may later merge buffers whose
         lifetimes do not overlap. A symbolic expression when buffer shapes are symbolic.
     """
@@ -83,7 +83,7 @@ def _buffer_bytes(buf: tirx.Buffer) -> SizeExpr:
 def _storage_passes() -> list:
     """The default s_tir pipeline (``tvm/s_tir/pipeline.py``) up to ``StorageRewrite``.
 
-    NOTE [exact workspace]: the sum of ``alloc_buffer``\\ s over-counts: ``StorageRewrite``
+    NOTE [exact workspace]: the sum of ``alloc_buffer`` allocations over-counts: ``StorageRewrite``
     shares memory between buffers whose lifetimes do not overlap (it halves the workspace of a
     fused ``multiply -> where`` chain, for example). Running TVM's own passes up to that point
     gives the allocations the built kernel will really make. The list mirrors the 0.27 pipeline

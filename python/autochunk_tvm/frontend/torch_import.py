@@ -14,7 +14,7 @@ from typing import Any
 
 import tvm
 
-from .converters import CONVERTERS
+from .converters import CONVERTERS, keep_torch_dtype
 
 logger = logging.getLogger("autochunk_tvm")
 
@@ -98,6 +98,9 @@ def from_exported_program(
         ep = ep.run_decompositions()
     convert_map = {**CONVERTERS, **(custom_convert_map or {})}
     importer = ept.ExportedProgramImporter()
+    importer.convert_map = {
+        name: keep_torch_dtype(fn, importer) for name, fn in importer.convert_map.items()
+    }
     known = {**importer.convert_map, **convert_map}
     missing = _unsupported_ops(ep, known)
     if missing:

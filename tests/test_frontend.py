@@ -1,0 +1,118 @@
+"""from_torch: every accepted input kind, the converters, and errors a user can act on."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from conftest import run_on_vm
+
+import autochunk_tvm as ac
+
+
+class PositionIds(torch.nn.Module):
+    """Position ids from a padding mask, as HF models compute them: a cumsum over bool."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids != 1).cumsum(-1) * (ids != 1)
+
+
+def test_cumsum_over_bool_is_converted_with_torch_dtype():
+    ids = torch.tensor([[1, 1, 5, 7, 9, 1], [3, 1, 4, 1, 5, 9]])
+    mod = ac.from_torch(PositionIds(), (ids,))
+    out = run_on_vm(mod, (ids,))[0]
+    expected = PositionIds()(ids).numpy()
+    assert out.dtype == expected.dtype == np.int64
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_module_exported_program_and_pt2_file_give_the_same_module(tmp_path):
+    model, args = ac.models.gpt("tiny")
+    from_module = ac.from_torch(model, args)
+    ep = torch.export.export(model, args)
+    from_ep = ac.from_torch(ep)
+    path = tmp_path / "gpt.pt2"
+    torch.export.save(ep, str(path))
+    from_file = ac.from_torch(str(path))
+    from_file_via_ep_api = ac.from_exported_program(torch.export.load(str(path)))
+    for mod in (from_ep, from_file, from_file_via_ep_api):
+        tvm.ir.assert_structural_equal(mod, from_module, map_free_vars=True)
+    assert ac.from_torch(from_module) is from_module  # an IRModule passes through
+
+
+def test_keep_params_as_input_marks_weights():
+    model, args = ac.models.gpt("tiny")
+    mod = ac.from_torch(model, args, keep_params_as_input=True)
+    assert int(mod["main"].attrs["num_input"]) == 1
+    profile = ac.estimate_activation_memory(mod)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert profile.weight_bytes >= n_params * 4
+    assert profile.input_bytes == args[0].numel() * 8
+
+
+def test_dynamic_shapes_become_symbolic_with_bounds():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU()).eval()
+    x = torch.randn(32, 8)
+    seq = torch.export.Dim("seq", min=2, max=4096)
+    mod = ac.from_torch(model, (x,), dynamic_shapes={"input": {0: seq}})
+    profile = ac.estimate_activation_memory(mod)
+    (name, bound), = profile.bounds.items()  # torch.export names the symbol (s0, s31, ...)
+    assert bound == 4096
+    assert profile.input_bytes == 4096 * 8 * 4
+    assert ac.estimate_activation_memory(mod, bounds={name: 32}).input_bytes == 32 * 8 * 4
+
+
+def test_fused_attention_stays_one_op_without_decomposition():
+    model, args = ac.models.gpt("tiny", fused_attention=True)
+    mod = ac.from_torch(model, args, run_ep_decomposition=False)
+    ops = {b.op for b in ac.estimate_activation_memory(mod).bindings}
+    assert "relax.nn.attention" in ops
+
+
+def test_unsupported_op_is_named_with_what_to_do():
+    class Spectrum(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft(x).abs()
+
+    with pytest.raises(ac.UnsupportedOperatorError, match="custom_convert_map") as info:
+        ac.from_torch(Spectrum(), (torch.randn(4, 16),))
+    assert any("fft" in op for op in info.value.ops)
+
+
+def test_custom_converter_routes_around_a_gap():
+    from tvm import relax
+
+    class Spectrum(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.rfft(x).abs()
+
+    x = torch.randn(4, 16)
+    ep = torch.export.export(Spectrum(), (x,)).run_decompositions()
+    gap = next(n.target.__name__ for n in ep.graph.nodes if "fft" in str(n.target))
+
+    def zeros_like_spectrum(node, importer):  # a stand-in converter for the test
+        shape = [int(d) for d in node.meta["val"].shape]
+        return importer.block_builder.emit(relax.op.zeros(shape, "float32"))
+
+    mod = ac.from_torch(Spectrum(), (x,), custom_convert_map={gap: zeros_like_spectrum})
+    assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
+
+
+@pytest.mark.parametrize(
+    "bad, err",
+    [(42, TypeError), ("does/not/exist.pt2", FileNotFoundError), (np.zeros(3), TypeError)],
+)
+def test_bad_inputs(bad, err):
+    with pytest.raises(err):
+        ac.from_torch(bad)
+
+
+def test_module_without_example_args():
+    with pytest.raises(TypeError, match="example_args"):
+        ac.from_torch(torch.nn.ReLU())
+
+
+def test_file_that_is_not_an_exported_program(tmp_path):
+    path = tmp_path / "weights.pt2"
+    torch.save({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="torch.export.save"):
+        ac.from_torch(str(path))

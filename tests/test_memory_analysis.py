@@ -1,0 +1,193 @@
+"""Exact results of the activation-memory analysis on hand-computed graphs."""
+
+import pytest
+from tvm import relax, tirx
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+import autochunk_tvm as ac
+from autochunk_tvm.analysis.sizes import dtype_bytes
+
+
+@I.ir_module
+class Chain:
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 16), "float16")):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            lv = R.astype(w, "float32")  # 512 B
+            a = R.matmul(x, lv)  # 256 B
+            b = R.reshape(a, (64,))  # view of a
+            c = R.exp(b)  # 256 B
+            d = R.split(c, 2)  # two separate 128 B outputs
+            e = d[0]
+            gv = R.add(e, e)  # 128 B
+            R.output(gv)
+        return gv
+
+
+def test_chain_exact_bytes():
+    p = ac.estimate_activation_memory(Chain)
+    assert [b.own_bytes for b in p.bindings] == [512, 256, 0, 256, 256, 0, 128]
+    # x (128) is live throughout; the peak is the matmul: x + lv + a.
+    assert [b.live_bytes for b in p.bindings] == [640, 896, 384, 640, 640, 384, 384]
+    assert (p.peak_bytes, p.peak_binding, p.peak_index) == (896, "a", 1)
+    assert p.input_bytes == 128 and p.output_bytes == 128
+    assert p.weight_bytes == 8 * 16 * 2  # the fp16 weight parameter, not an activation
+    # reshape is a view: a stays live until c (which reads the view) is computed
+    assert "a" in p.binding("c").live_tensors
+    assert "a" not in p.binding("d").live_tensors
+    # each split output dies on its own: d[1] is never used after the tuple is consumed
+    assert p.binding("gv").live_tensors == ("x", "d[0]", "gv")
+
+
+@I.ir_module
+class Residual:
+    @R.function
+    def main(x: R.Tensor((256,), "float16")):
+        with R.dataflow():
+            h = R.multiply(x, R.const(2.0, "float16"))  # 512 B
+            t = (h, x)
+            u = t[0]
+            s = R.sigmoid(u)  # 512 B
+            y = R.add(s, h)  # 512 B, h is a residual kept alive across s
+            R.output(y)
+        return y
+
+
+def test_tuple_and_residual_liveness():
+    p = ac.estimate_activation_memory(Residual)
+    assert [b.own_bytes for b in p.bindings] == [512, 0, 0, 512, 512]
+    assert p.binding("y").live_bytes == 512 + 512 + 512 + 512  # x, h, s, y
+    assert p.binding("y").live_after_bytes == 512 + 512  # x (caller-owned) and y
+    assert p.peak_bytes == 2048 and p.peak_binding == "y"
+    assert p.weight_bytes == 2  # the scalar constant
+
+
+@I.ir_module
+class Symbolic:
+    @R.function
+    def main(x: R.Tensor(("n", 64), "float32")):
+        n = T.int64()
+        R.func_attr({"tir_var_upper_bound": {"n": 1024}})
+        with R.dataflow():
+            s = R.matmul(x, R.permute_dims(x))  # n * n * 4 B
+            y = R.nn.softmax(s, axis=-1)
+            R.output(y)
+        return y
+
+
+def test_symbolic_sizes_use_bounds():
+    p = ac.estimate_activation_memory(Symbolic)  # the function's upper bound, n = 1024
+    assert p.bounds == {"n": 1024}
+    assert p.binding("s").own_bytes == 1024 * 1024 * 4
+    assert "n" in p.binding("s").own_bytes_expr
+    small = ac.estimate_activation_memory(Symbolic, bounds={"n": 10})
+    assert small.binding("s").own_bytes == 400
+    # peak at the matmul: x, x^T and s; at the softmax x^T is already dead (x, s, y = 3360)
+    assert (small.peak_bytes, small.peak_binding) == (2560 * 2 + 400, "s")
+    assert small.binding("y").live_bytes == 2560 + 400 * 2
+
+
+def test_symbolic_without_bound_is_a_clear_error():
+    func = Symbolic["main"].without_attr("tir_var_upper_bound")
+    with pytest.raises(ValueError, match="bound"):
+        ac.estimate_activation_memory(func)
+
+
+@I.ir_module
+class WithKernel:
+    @T.prim_func(private=True, s_tir=True)
+    def exp_twice(x: T.Buffer((T.int64(1024),), "float32"), y: T.Buffer((T.int64(1024),), "float32")):
+        tmp = T.alloc_buffer((T.int64(1024),), "float32")
+        for i in range(T.int64(1024)):
+            with T.sblock("a"):
+                vi = T.axis.remap("S", [i])
+                tmp[vi] = T.exp(x[vi])
+        for i in range(T.int64(1024)):
+            with T.sblock("b"):
+                vi = T.axis.remap("S", [i])
+                y[vi] = T.exp(tmp[vi])
+
+    @R.function
+    def main(x: R.Tensor((1024,), "float32")):
+        cls = WithKernel
+        with R.dataflow():
+            y = R.call_tir(cls.exp_twice, (x,), out_ty=R.Tensor((1024,), "float32"))
+            z = R.call_dps_packed("my_opaque_op", (y,), out_ty=R.Tensor((2, 1024), "float16"))
+            R.output(z)
+        return z
+
+
+def test_tir_workspace_and_opaque_ops():
+    p = ac.estimate_activation_memory(WithKernel)
+    y = p.binding("y")
+    assert y.workspace_bytes == 4096  # the kernel's full-size tmp buffer, live only in the call
+    assert y.live_bytes == 4096 + 4096 + 4096
+    assert p.binding("z").workspace_bytes == 0
+    # an op the analysis knows nothing about is sized from its type
+    assert p.binding("z").own_bytes == 2 * 1024 * 2
+    assert p.workspace_bytes == 4096
+
+
+@I.ir_module
+class NonTensor:
+    @R.function
+    def main(x: R.Tensor((8, 8), "int32"), flag: R.Tensor((8, 8), "bool")):
+        with R.dataflow():
+            shape = R.shape_of(x)
+            b = R.where(flag, x, R.const(0, "int32"))
+            c = R.astype(b, "bfloat16")
+            R.output(c, shape)
+        return (c, shape)
+
+
+def test_non_tensor_values_and_mixed_dtypes():
+    p = ac.estimate_activation_memory(NonTensor)
+    assert p.binding("shape").own_bytes == 0
+    assert p.input_bytes == 8 * 8 * 4 + 8 * 8 * 1  # int32 + bool (one byte each)
+    assert p.binding("c").own_bytes == 8 * 8 * 2
+    assert p.output_bytes == 128  # the bf16 tensor; the shape costs nothing
+
+
+def test_dtype_bytes():
+    assert [dtype_bytes(d) for d in ("float32", "float16", "bfloat16", "int8", "bool")] == [
+        4, 2, 2, 1, 1,
+    ]
+
+
+def test_function_without_bindings():
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    func = relax.Function([x], x)
+    p = ac.estimate_activation_memory(func)
+    assert p.bindings == () and p.peak_bytes == 16 and p.peak_index == -1
+
+
+def test_bad_inputs_say_what_to_do():
+    with pytest.raises(TypeError, match="from_torch"):
+        ac.estimate_activation_memory("model.pt2")
+    with pytest.raises(ValueError, match="func_name"):
+        ac.estimate_activation_memory(Chain, func_name="forward")
+
+
+def test_profile_summary_and_plot(tmp_path):
+    p = ac.estimate_activation_memory(Chain)
+    text = p.summary()
+    assert "peak 896 B at a" in text
+    out = p.plot(str(tmp_path / "profile.png"), compare=ac.estimate_activation_memory(Residual))
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_is_immutable():
+    p = ac.estimate_activation_memory(Chain)
+    with pytest.raises(AttributeError):
+        p.peak_bytes = 0  # type: ignore[misc]
+
+
+def test_analysis_does_not_mutate_module():
+    before = Chain.script()
+    ac.estimate_activation_memory(Chain)
+    ac.static_allocation(Chain, "llvm")
+    assert Chain.script() == before
