@@ -55,7 +55,7 @@ def test_dynamic_shapes_become_symbolic_with_bounds():
     seq = torch.export.Dim("seq", min=2, max=4096)
     mod = ac.from_torch(model, (x,), dynamic_shapes={"input": {0: seq}})
     profile = ac.estimate_activation_memory(mod)
-    (name, bound), = profile.bounds.items()  # torch.export names the symbol (s0, s31, ...)
+    ((name, bound),) = profile.bounds.items()  # torch.export names the symbol (s0, s31, ...)
     assert bound == 4096
     assert profile.input_bytes == 4096 * 8 * 4
     assert ac.estimate_activation_memory(mod, bounds={name: 32}).input_bytes == 32 * 8 * 4

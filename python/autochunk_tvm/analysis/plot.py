@@ -29,7 +29,9 @@ def plot_profiles(profiles: Sequence[MemoryProfile], path: str, title: str | Non
         n = max(1, len(profile.bindings) - 1)
         xs = [b.index / n if len(profiles) > 1 else b.index for b in profile.bindings]
         ys = [b.live_bytes / MIB for b in profile.bindings]
-        (line,) = ax.plot(xs, ys, lw=1.2, label=f"{label} (peak {profile.peak_bytes / MIB:.1f} MiB)")
+        (line,) = ax.plot(
+            xs, ys, lw=1.2, label=f"{label} (peak {profile.peak_bytes / MIB:.1f} MiB)"
+        )
         if profile.peak_index >= 0:
             px = xs[profile.peak_index]
             ax.plot([px], [profile.peak_bytes / MIB], "o", color=line.get_color())

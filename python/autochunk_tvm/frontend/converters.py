@@ -96,7 +96,12 @@ def _convolution(node, importer) -> relax.Var:
     emit = importer.block_builder.emit
     out = emit(
         relax.op.nn.conv2d(
-            x, weight, strides=stride, padding=padding, dilation=dilation, groups=groups,
+            x,
+            weight,
+            strides=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
             out_dtype=dtype,
         )
     )

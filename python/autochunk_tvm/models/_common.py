@@ -10,7 +10,9 @@ import torch
 C = TypeVar("C")
 
 
-def resolve_config(cls: type[C], presets: dict[str, C], preset: str, overrides: dict[str, Any]) -> C:
+def resolve_config(
+    cls: type[C], presets: dict[str, C], preset: str, overrides: dict[str, Any]
+) -> C:
     """Return ``presets[preset]`` with ``overrides`` applied, with errors a user can act on.
 
     Parameters

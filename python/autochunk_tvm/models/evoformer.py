@@ -96,12 +96,32 @@ PRESETS: dict[str, EvoformerConfig] = {
     # chunk_size 5 divides neither n_seq nor n_res, so the tiny hand-chunked model also
     # exercises a short last slice.
     "tiny": EvoformerConfig(
-        c_m=16, c_z=8, n_seq=8, n_res=12, n_blocks=1, n_heads_msa=2, c_hidden_msa=4,
-        n_heads_tri=2, c_hidden_tri=4, c_hidden_opm=4, c_hidden_mul=8, chunk_size=5,
+        c_m=16,
+        c_z=8,
+        n_seq=8,
+        n_res=12,
+        n_blocks=1,
+        n_heads_msa=2,
+        c_hidden_msa=4,
+        n_heads_tri=2,
+        c_hidden_tri=4,
+        c_hidden_opm=4,
+        c_hidden_mul=8,
+        chunk_size=5,
     ),
     "small": EvoformerConfig(
-        c_m=64, c_z=32, n_seq=64, n_res=64, n_blocks=1, n_heads_msa=8, c_hidden_msa=8,
-        n_heads_tri=4, c_hidden_tri=8, c_hidden_opm=16, c_hidden_mul=32, chunk_size=16,
+        c_m=64,
+        c_z=32,
+        n_seq=64,
+        n_res=64,
+        n_blocks=1,
+        n_heads_msa=8,
+        c_hidden_msa=8,
+        n_heads_tri=4,
+        c_hidden_tri=8,
+        c_hidden_opm=16,
+        c_hidden_mul=32,
+        chunk_size=16,
     ),
     "paper": EvoformerConfig(),
 }
@@ -338,9 +358,7 @@ class EvoformerBlock(nn.Module):
         self.tri_att_end = TriangleAttention(cfg, starting=False, chunk_size=chunk_size)
         self.pair_transition = Transition(cfg.c_z, cfg.transition_factor, chunk_size)
 
-    def forward(
-        self, msa: torch.Tensor, pair: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, msa: torch.Tensor, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         msa = msa + self.msa_att_row(msa, pair)
         msa = msa + self.msa_att_col(msa)
         msa = msa + self.msa_transition(msa)
@@ -374,9 +392,7 @@ class Evoformer(nn.Module):
             if hasattr(module, "chunk_size"):
                 module.chunk_size = chunk_size
 
-    def forward(
-        self, msa: torch.Tensor, pair: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, msa: torch.Tensor, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
             msa, pair = block(msa, pair)
         return msa, pair

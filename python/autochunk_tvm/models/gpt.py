@@ -63,7 +63,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         mask = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool))
-        self.register_buffer("causal_mask", mask.view(1, 1, cfg.seq_len, cfg.seq_len), persistent=False)
+        self.register_buffer(
+            "causal_mask", mask.view(1, 1, cfg.seq_len, cfg.seq_len), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
@@ -154,5 +156,7 @@ def gpt(
     cfg = resolve_config(GPTConfig, PRESETS, preset, overrides)
     model = GPT(cfg)
     init_weights_(model, seed)
-    idx = torch.randint(0, cfg.vocab_size, (cfg.batch, cfg.seq_len), generator=seeded_generator(seed + 1))
+    idx = torch.randint(
+        0, cfg.vocab_size, (cfg.batch, cfg.seq_len), generator=seeded_generator(seed + 1)
+    )
     return finalize(model, (idx,), dtype)

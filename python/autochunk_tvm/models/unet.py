@@ -418,9 +418,7 @@ class UNet(nn.Module):
         in_ch = chs[0]
         for level, out_ch in enumerate(chs):
             last = level == n_levels - 1
-            self.down.append(
-                DownLevel(in_ch, out_ch, cfg.attention_levels[level], not last, cfg)
-            )
+            self.down.append(DownLevel(in_ch, out_ch, cfg.attention_levels[level], not last, cfg))
             skip_chs += [out_ch] * (cfg.layers_per_block + (0 if last else 1))
             in_ch = out_ch
 
