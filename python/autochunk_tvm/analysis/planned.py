@@ -1,11 +1,11 @@
 """What TVM will allocate: the static memory number of a build, before running it.
 
 The high-level profile counts every tensor the graph names. A build allocates something else:
-fusion removes intermediates, ``StaticPlanBlockMemory`` packs tensors into reusable storages,
-fused PrimFuncs allocate full-size workspace of their own (DESIGN.md §4), and the VM's
-allocators keep what they freed. :func:`static_allocation` lowers the module with the target's
-own Relax pipeline up to memory planning and replays the plan through models of the two
-runtime allocators:
+legalized ops and fused PrimFuncs allocate workspace of their own (a softmax keeps its
+exponentials; DESIGN.md §4), fusion removes intermediates, ``StaticPlanBlockMemory`` packs
+tensors into reusable storages, and the VM's allocators keep what they freed.
+:func:`static_allocation` lowers the module exactly as ``relax.build`` does for the target, up to
+memory planning, and replays the plan through models of the two runtime allocators:
 
 * the VM's **pooled allocator** (``memory/pooled_allocator.h``): sizes rounded up to 4 KiB
   pages; a freed buffer goes back to a pool keyed by its exact rounded size and is reused only
@@ -67,18 +67,44 @@ class StaticAllocation:
     target: str
 
 
-def backend_pipeline_module(target: tvm.target.Target):
-    """The Relax backend pipeline module of a target (DESIGN.md §5: the generic
-    ``relax.pipeline.dataflow_lower_passes`` fails in 0.27, the backend modules do not)."""
+def memory_plan_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """The passes ``relax.build(mod, target)`` runs, up to and including memory planning.
+
+    NOTE [which pipeline relax.build runs]: in TVM 0.27 ``relax.build`` uses the backend pipeline
+    (fusion, dlight schedules) only for GPU targets. For CPU targets it runs the generic
+    ``default_build_pipeline``, which legalizes but does not fuse (fusion can drop
+    side-effecting packed calls, says its comment). A prediction made on the fused CPU pipeline
+    describes a different program from the one that runs; we mirror relax.build exactly.
+    """
+    if "gpu" in target.keys:
+        pipeline = _backend_pipeline_module(target)
+        return (
+            pipeline.library_dispatch_passes(target)
+            + pipeline.legalize_passes(target)
+            + pipeline.dataflow_lower_passes(target)
+            + [relax.transform.StaticPlanBlockMemory()]
+        )
+    return [
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+    ]
+
+
+def _backend_pipeline_module(target: tvm.target.Target):
+    # DESIGN.md §5: relax.pipeline.dataflow_lower_passes fails in 0.27; the backend modules work.
     kind = target.kind.name
     if kind == "cuda":
         from tvm.relax.backend.cuda import pipeline
-    elif kind in ("llvm", "c"):
-        from tvm.relax.backend.cpu_generic import pipeline
+    elif kind == "rocm":
+        from tvm.relax.backend.rocm import pipeline
     else:
-        raise ValueError(
-            f"no Relax backend pipeline known for target kind {kind!r}; use 'llvm' or 'cuda'"
-        )
+        from tvm.relax.backend.gpu_generic import pipeline
     return pipeline
 
 
@@ -93,17 +119,14 @@ def as_target(target: Any) -> tvm.target.Target:
 
 
 def lower_to_memory_plan(mod: tvm.IRModule, target: Any = "llvm") -> tvm.IRModule:
-    """Run the target's Relax pipeline up to and including ``StaticPlanBlockMemory``."""
+    """Run what ``relax.build`` runs for ``target`` up to and including ``StaticPlanBlockMemory``."""
     tgt = as_target(target)
-    pipeline = backend_pipeline_module(tgt)
-    passes = (
-        pipeline.library_dispatch_passes(tgt)
-        + pipeline.legalize_passes(tgt)
-        + pipeline.dataflow_lower_passes(tgt)
-        + [relax.transform.StaticPlanBlockMemory()]
-    )
+    if tgt.kind.name not in ("llvm", "c") and "gpu" not in tgt.keys:
+        raise ValueError(
+            f"cannot predict memory for target kind {tgt.kind.name!r}; use 'llvm' or 'cuda'"
+        )
     with tgt:
-        return tvm.transform.Sequential(passes)(mod)
+        return tvm.transform.Sequential(memory_plan_passes(tgt))(mod)
 
 
 def _round_page(nbytes: int) -> int:
