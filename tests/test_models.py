@@ -24,16 +24,39 @@ def test_zoo_model_matches_pytorch_on_the_vm(name, kwargs):
     assert_close(run_on_vm(mod, args), torch_outputs(model, args))
 
 
-@pytest.mark.parametrize("name", ["vit", "unet"])
-def test_fp16_model_matches_pytorch(name):
-    # fp16 needs our addmm/conv2d converters and the dtype-keeping wrapper (frontend/converters).
-    # GPT's masked scores and Evoformer's layer_norm still hit TVM importer gaps in fp16.
-    model, args = ac.models.FACTORIES[name]("tiny", dtype=torch.float16)
+# Largest error relative to the output's scale that a half-precision build may show against
+# PyTorch running in the same dtype. Both accumulate contractions in float32 (NOTE [accumulation
+# dtype] in frontend/converters.py) but round intermediates at different points; measured worst
+# cases on the tiny zoo are 0.24% (fp16) and 0.97% (bf16), both UNet.
+HALF_TOLERANCE = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+# LLVM takes 70-90 s to compile these fp16 CPU kernels for x86 (at VM creation); bf16 is
+# computed in float32 and compiles in seconds. They run with `-m slow`.
+SLOW_FP16_COMPILE = pytest.mark.slow
+
+
+def _half_cases():
+    for name in sorted(ac.models.FACTORIES):
+        for dtype, tag in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+            marks = SLOW_FP16_COMPILE if (tag == "fp16" and name in ("gpt", "unet")) else ()
+            yield pytest.param(name, dtype, marks=marks, id=f"{name}-{tag}")
+
+
+@pytest.mark.parametrize("name, dtype", _half_cases())
+def test_half_precision_model_matches_pytorch_in_the_same_dtype(name, dtype):
+    model, args = ac.models.FACTORIES[name]("tiny", dtype=dtype)
     mod = ac.from_torch(model, args)
-    ref = torch_outputs(model.float(), tuple(a.float() for a in args))
     out = run_on_vm(mod, args)
-    assert out[0].dtype == np.float16
-    assert_close(out, ref, dtype=np.float16)
+    with torch.no_grad():
+        expected = model(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert len(out) == len(expected)
+    for o, e in zip(out, expected):
+        assert str(o.dtype) == str(e.dtype).replace("torch.", "")
+        e = e.float().numpy()
+        err = np.abs(o.astype(np.float32) - e).max()
+        assert err <= HALF_TOLERANCE[dtype] * np.abs(e).max(), (err, np.abs(e).max())
 
 
 def test_hand_chunked_evoformer_is_the_same_function():

@@ -21,9 +21,10 @@ def type_bytes(ty) -> SizeExpr | None:
     """Bytes of a Relax value of type ``ty``: tensors and tuples of tensors; 0 for shapes,
     scalars and objects; ``None`` when a tensor's shape or dtype is unknown."""
     if isinstance(ty, relax.TensorType):
-        if ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr) or ty.dtype == "":
+        dtype = str(ty.dtype)  # a PrimType object in 0.27; "" or "void" when unknown
+        if ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr) or dtype in ("", "void"):
             return None
-        size: SizeExpr = dtype_bytes(ty.dtype)
+        size: SizeExpr = dtype_bytes(dtype)
         for dim in ty.shape.values:
             size = size * dim
         return size

@@ -8,6 +8,7 @@ from .measure import (
     measure_peak_memory,
     speed_ratio,
     time_callable,
+    to_numpy,
     vm_callable,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "measure_peak_memory",
     "speed_ratio",
     "time_callable",
+    "to_numpy",
     "vm_callable",
 ]

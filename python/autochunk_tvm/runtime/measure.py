@@ -55,9 +55,19 @@ class PeakMemory:
     device: str
 
 
-def _to_numpy(arg: Any) -> np.ndarray:
+def to_numpy(arg: Any) -> np.ndarray:
+    """A numpy array from a torch tensor, TVM tensor or array-like; bfloat16 included.
+
+    torch cannot hand a bfloat16 tensor to numpy; ``ml_dtypes`` (a TVM dependency) gives numpy a
+    bfloat16 dtype that TVM accepts, so the values are exact.
+    """
     if hasattr(arg, "detach"):  # torch.Tensor, without importing torch
-        return arg.detach().cpu().numpy()
+        tensor = arg.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            import ml_dtypes
+
+            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+        return tensor.numpy()
     if isinstance(arg, tvm.runtime.Tensor):
         return arg.numpy()
     return np.asarray(arg)
@@ -134,7 +144,7 @@ def measure_peak_memory(
         paths = []
         for i, arg in enumerate(args):
             path = os.path.join(tmp, f"arg{i}.npy")
-            np.save(path, _to_numpy(arg))
+            np.save(path, to_numpy(arg))
             paths.append(path)
         env = dict(os.environ)
         # NOTE [glibc mmap threshold]: glibc raises its mmap threshold after large frees and then
@@ -189,7 +199,7 @@ def vm_callable(ex: Any, args: Sequence[Any], *, device: Any = None, func_name: 
     """A zero-argument callable running ``func_name`` of a built executable on ``args``."""
     dev = device or tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
-    inputs = [tvm.runtime.tensor(_to_numpy(a), dev) for a in args]
+    inputs = [tvm.runtime.tensor(to_numpy(a), dev) for a in args]
     func = vm[func_name]
 
     def call():
