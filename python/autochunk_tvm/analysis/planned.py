@@ -119,7 +119,7 @@ def as_target(target: Any) -> tvm.target.Target:
 
 
 def lower_to_memory_plan(mod: tvm.IRModule, target: Any = "llvm") -> tvm.IRModule:
-    """Run what ``relax.build`` runs for ``target`` up to and including ``StaticPlanBlockMemory``."""
+    """Run what ``relax.build`` runs for ``target``, through ``StaticPlanBlockMemory``."""
     tgt = as_target(target)
     if tgt.kind.name not in ("llvm", "c") and "gpu" not in tgt.keys:
         raise ValueError(
