@@ -43,7 +43,7 @@ def _half_cases():
             yield pytest.param(name, dtype, marks=marks, id=f"{name}-{tag}")
 
 
-@pytest.mark.parametrize("name, dtype", _half_cases())
+@pytest.mark.parametrize("name, dtype", list(_half_cases()))
 def test_half_precision_model_matches_pytorch_in_the_same_dtype(name, dtype):
     model, args = ac.models.FACTORIES[name]("tiny", dtype=dtype)
     mod = ac.from_torch(model, args)

@@ -453,9 +453,8 @@ def analyse_liveness(
     for index, used in enumerate(uses):
         for s in used:
             storages[s].end = max(storages[s].end, index)
-    result_storages = {
-        s for v in relax.analysis.free_vars(func.body.body) for s in backing.get(v, ())
-    }
+    result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
+    result_storages = {s for v in relax.analysis.free_vars(result) for s in backing.get(v, ())}
     for s, st in enumerate(storages):
         if st.kind == INPUT:
             st.end = end
@@ -524,27 +523,38 @@ def estimate_activation_memory(
     True
     """
     mod, func, name = _resolve(mod_or_func, func_name)
-    # Step 4. Sweep: bytes live during and after each binding.
     live_info = analyse_liveness(mod, func, bounds, workspace)
     bindings, storages, sizes = live_info.bindings, live_info.storages, live_info.sizes
-    use_bounds = live_info.bounds
+    # Sweep in program order with start/end events: O(bindings + storages + output size).
+    starts: dict[int, list[int]] = {}
+    ends: dict[int, list[int]] = {}
+    for s, st in enumerate(storages):
+        starts.setdefault(max(st.start, 0), []).append(s)
+        ends.setdefault(st.end, []).append(s)
+    active: dict[int, None] = {}  # live storages, in creation order
+    active_bytes = 0
     records: list[BindingMemory] = []
     for index, binding in enumerate(bindings):
-        live = [s for s, st in enumerate(storages) if st.start <= index <= st.end]
+        for s in starts.get(index, ()):
+            active[s] = None
+            active_bytes += sizes[s]
         work = live_info.workspaces[index]
-        live_bytes = sum(sizes[s] for s in live) + work
-        after = sum(sizes[s] for s in live if storages[s].end > index)
+        live_tensors = tuple(storages[s].name for s in active)
+        live_bytes = active_bytes + work
+        for s in ends.get(index, ()):
+            del active[s]
+            active_bytes -= sizes[s]
         own_size = live_info.own[index]
         records.append(
             BindingMemory(
                 index=index,
                 name=binding.var.name,
                 op=live_info.ops[index],
-                own_bytes=evaluate(own_size, use_bounds),
+                own_bytes=evaluate(own_size, live_info.bounds),
                 workspace_bytes=work,
                 live_bytes=live_bytes,
-                live_after_bytes=after,
-                live_tensors=tuple(storages[s].name for s in live),
+                live_after_bytes=active_bytes,
+                live_tensors=live_tensors,
                 own_bytes_expr=str(own_size),
             )
         )
@@ -566,7 +576,7 @@ def estimate_activation_memory(
         output_bytes=output_bytes,
         weight_bytes=live_info.weight_bytes,
         workspace_bytes=max((r.workspace_bytes for r in records), default=0),
-        bounds=dict(use_bounds),
+        bounds=dict(live_info.bounds),
         unsized=tuple(live_info.unsized),
     )
 
