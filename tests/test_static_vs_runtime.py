@@ -66,3 +66,17 @@ def test_measuring_cuda_without_gpu_is_a_clear_error():
     mod = ac.from_torch(*ac.models.gpt("tiny"))
     with pytest.raises(DeviceUnavailableError, match="GPU"):
         ac.measure_peak_memory(mod, ac.models.gpt("tiny")[1], target="cuda")
+
+
+def test_symbolic_module_is_predicted_at_its_bound():
+    import torch
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 64)
+    ).eval()
+    seq = torch.export.Dim("seq", min=2, max=16384)
+    mod = ac.from_torch(model, (torch.randn(32, 64),), dynamic_shapes={"input": {0: seq}})
+    static = ac.static_allocation(mod, "llvm")  # sizes at the export's upper bound
+    measured = ac.measure_peak_memory(mod, (torch.randn(16384, 64),))
+    assert measured.peak_bytes > 64 * MIB
+    assert abs(static.peak_bytes - measured.peak_bytes) <= 0.05 * measured.peak_bytes

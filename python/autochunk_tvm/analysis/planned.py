@@ -193,6 +193,14 @@ def static_allocation(
     Returns
     -------
     StaticAllocation
+
+    Notes
+    -----
+    With symbolic shapes, ``StaticPlanBlockMemory`` sizes its storages for the upper bounds, so
+    they are allocated at that size whatever the input; only tensors left to run-time
+    allocation shrink with ``bounds``. A GPU pays for the whole allocation. CPU RSS counts only
+    the pages a smaller input touches, so a CPU measurement below the bound is lower than this
+    prediction; at the bound the two agree.
     """
     tgt = as_target(target)
     lowered = lower_to_memory_plan(mod, tgt)
