@@ -1,0 +1,22 @@
+"""Stage 2 of AutoChunk: chunk search (compute only, never rewrites IR).
+
+Per-op chunk rules (:mod:`.rules`), chunk-flow tracing of a region (:mod:`.flow`) and the
+records they produce (:mod:`.candidate`).
+"""
+
+from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
+from .flow import flat_bindings, region_outputs, trace_region
+from .regions import search_chunk_candidates
+from .rules import RULES
+
+__all__ = [
+    "RULES",
+    "WHOLE",
+    "CantChunk",
+    "ChunkAxis",
+    "ChunkCandidate",
+    "flat_bindings",
+    "region_outputs",
+    "search_chunk_candidates",
+    "trace_region",
+]

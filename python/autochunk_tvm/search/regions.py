@@ -1,0 +1,105 @@
+"""Region enumeration around the memory peak (paper §3.3): every legal chunk region in a
+local window, with a cheap filter before the full flow trace."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import tvm
+from tvm import relax
+
+from ..analysis import MemoryProfile, estimate_activation_memory
+from .candidate import CantChunk, ChunkCandidate
+from .flow import flat_bindings, region_outputs, trace_region
+from .rules import same_dim, shape_of, static
+
+logger = logging.getLogger("autochunk_tvm")
+
+# NOTE [search window]: the peak is a property of a few consecutive bindings (the paper's
+# Fig. 4: most bindings use under 30% of the peak), so regions worth chunking are short runs
+# around it. 24 bindings each side covers a transformer block's attention or MLP at the
+# Relax level (about 10-20 bindings each) with room for the residual and norms around them.
+DEFAULT_WINDOW = 24
+# Regions with more outputs than this are not traced: each output must be chunked in step with
+# the others, and real chunkable regions (attention, MLP, transitions) have one or two.
+MAX_OUTPUTS = 3
+
+
+def _axis_choices(var: relax.Var) -> list[int]:
+    shape = shape_of(var)
+    if shape is None:
+        return []
+    return [a for a, d in enumerate(shape) if static(d) != 1]
+
+
+def _aligned_combinations(outputs: list[relax.Var]):
+    """Axis choices for all outputs whose dims along the chunk axis are equal (stage 1)."""
+    first = outputs[0]
+    for axis in _axis_choices(first):
+        dim = shape_of(first)[axis]
+        rest = []
+        for var in outputs[1:]:
+            matching = [a for a in _axis_choices(var) if same_dim(shape_of(var)[a], dim)]
+            if not matching:
+                break
+            rest.append(matching)
+        else:
+            for combo in itertools.product(*rest):
+                yield (axis, *combo)
+
+
+def search_chunk_candidates(
+    mod_or_func: tvm.IRModule | relax.Function,
+    profile: MemoryProfile | None = None,
+    *,
+    func_name: str = "main",
+    window: int = DEFAULT_WINDOW,
+) -> list[ChunkCandidate]:
+    """Every legal chunk region of the function that contains its peak binding.
+
+    Parameters
+    ----------
+    mod_or_func
+        A Relax module (``func_name`` is searched) or function, at the high level
+        (before legalization).
+    profile
+        Its memory profile; computed when not given. The search centres on
+        ``profile.peak_index``.
+    window
+        How many bindings before and after the peak a region may extend.
+
+    Returns
+    -------
+    list of ChunkCandidate
+        Ordered by region start, end and output axes. Empty when nothing around the peak can
+        be chunked (a function without bindings, control flow, barriers everywhere).
+    """
+    func = mod_or_func[func_name] if isinstance(mod_or_func, tvm.IRModule) else mod_or_func
+    if not isinstance(func, relax.Function):
+        raise TypeError(f"search_chunk_candidates needs a Relax function, got {type(func)}")
+    bindings = flat_bindings(func)
+    if not bindings:
+        return []
+    if profile is None:
+        profile = estimate_activation_memory(mod_or_func, func_name=func_name)
+    peak = profile.peak_index
+    if peak < 0:
+        return []
+    found: list[ChunkCandidate] = []
+    traced = 0
+    for start in range(max(0, peak - window), peak + 1):
+        for end in range(peak, min(len(bindings), peak + window + 1)):
+            outputs = region_outputs(func, start, end)
+            # Stage 1: cheap checks on the region's outputs only.
+            if not outputs or len(outputs) > MAX_OUTPUTS:
+                continue
+            for combo in _aligned_combinations(outputs):
+                traced += 1
+                axes = {v.name: a for v, a in zip(outputs, combo)}
+                try:  # Stage 2: the full flow trace
+                    found.append(trace_region(func, start, end, axes, function_name=func_name))
+                except CantChunk:
+                    continue
+    logger.info("search: %d regions traced, %d legal candidates", traced, len(found))
+    return found

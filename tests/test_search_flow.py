@@ -1,0 +1,204 @@
+"""Chunk-flow tracing on hand-written graphs: the four rules, scales through reshapes,
+hoisting, barriers. Axes and names are asserted, never binding indices."""
+
+import pytest
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm.script import tirx as T
+
+from autochunk_tvm.search import WHOLE, CantChunk, ChunkAxis, flat_bindings, trace_region
+
+
+def _span(func, first, last):
+    names = [b.var.name for b in flat_bindings(func)]
+    return names.index(first), names.index(last)
+
+
+def trace(func, first, last, **output_axes):
+    start, end = _span(func, first, last)
+    return trace_region(func, start, end, output_axes)
+
+
+@R.function
+def mlp(
+    x: R.Tensor((64, 16), "float32"),
+    w1: R.Tensor((16, 32), "float32"),
+    w2: R.Tensor((32, 16), "float32"),
+    b: R.Tensor((16,), "float32"),
+):
+    with R.dataflow():
+        w1t = R.permute_dims(w1, [1, 0])
+        h = R.matmul(x, R.permute_dims(w1t, [1, 0]))
+        g = R.nn.gelu(h)
+        o = R.matmul(g, w2)
+        y = R.add(o, b)
+        R.output(y)
+    return y
+
+
+def test_mlp_chunks_rows_with_weights_whole_and_weight_prep_hoisted():
+    start, end = _span(mlp, "w1t", "y")
+    c = trace_region(mlp, start, end, {"y": 0})
+    axes = c.axes
+    assert axes["h"] == axes["g"] == axes["o"] == axes["y"] == ChunkAxis(0)
+    assert c.input_axes == {"x": ChunkAxis(0), "w1": WHOLE, "w2": WHOLE, "b": WHOLE}
+    assert c.extent == 64
+    assert "w1t" in c.hoistable  # the weight transposes do not depend on the chunk
+    # columns of the output flow into w2's columns only: x and the hidden layer stay whole
+    cols = trace_region(mlp, start, end, {"y": 1})
+    assert cols.input_axes["w2"] == ChunkAxis(1) and cols.input_axes["x"] == WHOLE
+    assert cols.input_axes["b"] == ChunkAxis(0) and "g" in cols.hoistable
+
+
+@R.function
+def attention(
+    q: R.Tensor((4, 128, 8), "float32"),
+    k: R.Tensor((4, 128, 8), "float32"),
+    v: R.Tensor((4, 128, 8), "float32"),
+):
+    with R.dataflow():
+        kt = R.permute_dims(k, [0, 2, 1])
+        s = R.matmul(q, kt)
+        s2 = R.multiply(s, R.const(0.35, "float32"))
+        p = R.nn.softmax(s2, axis=-1)
+        o = R.matmul(p, v)
+        R.output(o)
+    return o
+
+
+def test_attention_chunks_queries_and_heads_but_not_keys():
+    queries = trace(attention, "kt", "o", o=1)
+    assert queries.input_axes["q"] == ChunkAxis(1)
+    assert queries.input_axes["k"] == queries.input_axes["v"] == WHOLE
+    assert queries.axes["p"] == ChunkAxis(1) and queries.extent == 128
+    heads = trace(attention, "kt", "o", o=0)
+    assert [heads.input_axes[n] for n in "qkv"] == [ChunkAxis(0)] * 3 and heads.extent == 4
+    assert heads.input_axes["s2.arg1"] == WHOLE  # the 0.35 scale, used whole
+    # the softmax normalizes over keys: a region ending in it cannot chunk that axis
+    with pytest.raises(CantChunk, match="softmax"):
+        trace(attention, "kt", "p", p=-1)
+
+
+@R.function
+def merge_split(x: R.Tensor((4, 6, 8), "float32")):
+    with R.dataflow():
+        a = R.reshape(x, (24, 8))
+        e = R.exp(a)
+        y = R.reshape(e, (4, 6, 8))
+        R.output(y)
+    return y
+
+
+def test_reshape_merge_and_split_as_outermost_factor_carry_scales():
+    c = trace(merge_split, "a", "y", y=0)
+    assert c.input_axes["x"] == ChunkAxis(0, 1)
+    assert c.axes["e"] == ChunkAxis(0, 6)  # a chunk unit is 6 rows of the merged axis
+    assert c.extent == 4
+    with pytest.raises(CantChunk, match="inner factor"):
+        trace(merge_split, "a", "y", y=1)
+    # chunking the merged axis directly: units of one row, x chunked at scale 1/6 -> normalized
+    c2 = trace(merge_split, "a", "e", e=0)
+    assert c2.axes["e"] == ChunkAxis(0, 6) and c2.input_axes["x"] == ChunkAxis(0, 1)
+
+
+@R.function
+def square(x: R.Tensor((32, 32), "float32")):
+    with R.dataflow():
+        t = R.permute_dims(x, [1, 0])
+        y = R.add(x, t)
+        R.output(y)
+    return y
+
+
+def test_unique_setting_rejects_two_axes_for_one_value():
+    with pytest.raises(CantChunk, match="unique setting"):
+        trace(square, "t", "y", y=0)
+
+
+@R.function
+def two_outputs(x: R.Tensor((16, 8), "float32"), z: R.Tensor((8, 16), "float32")):
+    with R.dataflow():
+        a = R.exp(x)
+        b = R.exp(z)
+        s = R.add(a, R.const(1.0, "float32"))
+        c = R.add(s, R.permute_dims(b, [1, 0]))
+        R.output(a, c)
+    return (a, c)
+
+
+def test_output_alignment():
+    c = trace(two_outputs, "a", "c", a=0, c=0)
+    assert c.output_axes == {"a": ChunkAxis(0), "c": ChunkAxis(0)}
+    assert c.input_axes["z"] == ChunkAxis(1)
+    with pytest.raises(CantChunk, match="not aligned|unique setting"):
+        trace(two_outputs, "a", "c", a=0, c=1)  # 16 units vs 8 units
+
+
+@R.function
+def broadcasts(
+    x: R.Tensor((16, 8), "float32"),
+    row: R.Tensor((1, 8), "float32"),
+    col: R.Tensor((16, 1), "float32"),
+):
+    with R.dataflow():
+        a = R.add(x, row)
+        y = R.multiply(a, col)
+        R.output(y)
+    return y
+
+
+def test_broadcast_operands_are_used_whole_along_the_axis_they_broadcast():
+    c = trace(broadcasts, "a", "y", y=0)
+    assert c.input_axes == {"x": ChunkAxis(0), "row": WHOLE, "col": ChunkAxis(0)}
+    c1 = trace(broadcasts, "a", "y", y=1)
+    assert c1.input_axes == {"x": ChunkAxis(1), "row": ChunkAxis(1), "col": WHOLE}
+
+
+@R.function
+def reductions(x: R.Tensor((16, 8), "float32")):
+    with R.dataflow():
+        s = R.sum(x, axis=[1], keepdims=True)
+        m = R.mean(x, axis=[0], keepdims=False)
+        R.output(s, m)
+    return (s, m)
+
+
+def test_reductions_chunk_kept_axes_only():
+    assert trace(reductions, "s", "s", s=0).input_axes["x"] == ChunkAxis(0)
+    with pytest.raises(CantChunk, match="size-1|reduced|below 2"):
+        trace(reductions, "s", "s", s=1)
+    assert trace(reductions, "m", "m", m=0).input_axes["x"] == ChunkAxis(1)
+
+
+@I.ir_module
+class WithKernel:
+    @T.prim_func(private=True, s_tir=True)
+    def copy(x: T.Buffer((T.int64(16),), "float32"), y: T.Buffer((T.int64(16),), "float32")):
+        for i in range(T.int64(16)):
+            with T.sblock("c"):
+                vi = T.axis.remap("S", [i])
+                y[vi] = x[vi]
+
+    @R.function
+    def main(x: R.Tensor((16,), "float32")):
+        cls = WithKernel
+        with R.dataflow():
+            a = R.call_tir(cls.copy, (x,), out_ty=R.Tensor((16,), "float32"))
+            y = R.exp(a)
+            R.output(y)
+        return y
+
+
+def test_an_op_without_rule_is_a_barrier_not_a_guess():
+    with pytest.raises(CantChunk, match="no chunk rule"):
+        trace(WithKernel["main"], "a", "y", y=0)
+    assert trace(WithKernel["main"], "y", "y", y=0).input_axes == {"a": ChunkAxis(0)}
+
+
+def test_bad_regions():
+    with pytest.raises(CantChunk, match="outside"):
+        trace_region(mlp, 3, 99, {"y": 0})
+    with pytest.raises(CantChunk, match="outputs are"):
+        trace(mlp, "h", "y", g=0)
+    with pytest.raises(CantChunk, match="no axis"):
+        trace(mlp, "h", "y", y=5)
