@@ -202,3 +202,53 @@ def test_bad_regions():
         trace(mlp, "h", "y", g=0)
     with pytest.raises(CantChunk, match="no axis"):
         trace(mlp, "h", "y", y=5)
+
+
+@R.function
+def symbolic(x: R.Tensor(("n", 16), "float32"), w: R.Tensor((16, 16), "float32")):
+    n = T.int64()  # noqa: F841 - declares the symbolic dim for TVMScript
+    with R.dataflow():
+        h = R.matmul(x, w)
+        y = R.nn.relu(h)
+        R.output(y)
+    return y
+
+
+def test_symbolic_extent_is_allowed_when_the_rule_proves_legality():
+    c = trace(symbolic, "h", "y", y=0)
+    assert c.extent == "n" and c.input_axes == {"x": ChunkAxis(0), "w": WHOLE}
+    cols = trace(symbolic, "h", "y", y=1)  # columns: static extent, x used whole
+    assert cols.extent == 16 and cols.input_axes == {"x": WHOLE, "w": ChunkAxis(1)}
+
+
+@R.function(pure=False)
+def with_control_flow(x: R.Tensor((8, 4), "float32"), c: R.Tensor((), "bool")):
+    a = R.exp(x)
+    if c:
+        b = R.add(a, a)
+    else:
+        b = R.multiply(a, a)
+    y = R.nn.relu(b)
+    return y
+
+
+def test_control_flow_is_a_barrier_and_search_does_not_crash():
+    from autochunk_tvm.search import search_chunk_candidates
+
+    names = [b.var.name for b in flat_bindings(with_control_flow)]
+    if_index = next(
+        i for i, b in enumerate(flat_bindings(with_control_flow)) if type(b.value).__name__ == "If"
+    )
+    with pytest.raises(CantChunk, match="control flow"):
+        trace_region(with_control_flow, if_index, if_index, {names[if_index]: 0})
+    candidates = search_chunk_candidates(with_control_flow)
+    assert all(not (c.start <= if_index <= c.end) for c in candidates)
+
+
+def test_function_without_bindings_has_no_candidates():
+    from tvm import relax
+
+    from autochunk_tvm.search import search_chunk_candidates
+
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    assert search_chunk_candidates(relax.Function([x], x)) == []

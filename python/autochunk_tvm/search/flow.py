@@ -65,15 +65,34 @@ def constant_names(region: list[relax.Binding]) -> dict[relax.Expr, str]:
     return names
 
 
-def region_outputs(func: relax.Function, start: int, end: int) -> list[relax.Var]:
-    """Bindings of ``[start, end]`` that are used after the region or returned."""
+def last_uses(func: relax.Function) -> dict[relax.Var, int]:
+    """Index of the last binding reading each variable; ``len(bindings)`` if it is returned."""
     bindings = flat_bindings(func)
-    defined = {b.var: None for b in bindings[start : end + 1]}
-    used_later: set = set()
-    for b in bindings[end + 1 :]:
-        used_later.update(relax.analysis.free_vars(b.value))
-    used_later.update(relax.analysis.free_vars(func.body.body))
-    return [v for v in defined if v in used_later]
+    last: dict[relax.Var, int] = {}
+    for index, binding in enumerate(bindings):
+        for var in relax.analysis.free_vars(binding.value):
+            last[var] = index
+    result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
+    for var in relax.analysis.free_vars(result):
+        last[var] = len(bindings)
+    return last
+
+
+def region_outputs(
+    func: relax.Function,
+    start: int,
+    end: int,
+    last_use: dict[relax.Var, int] | None = None,
+    bindings: list[relax.Binding] | None = None,
+) -> list[relax.Var]:
+    """Bindings of ``[start, end]`` that are used after the region or returned.
+
+    ``last_use`` (from :func:`last_uses`) and ``bindings`` save recomputing them when many
+    regions of one function are examined: then this costs O(region length).
+    """
+    bindings = bindings if bindings is not None else flat_bindings(func)
+    last = last_use if last_use is not None else last_uses(func)
+    return [b.var for b in bindings[start : end + 1] if last.get(b.var, -1) > end]
 
 
 class _Tracer:
@@ -203,6 +222,8 @@ def trace_region(
     output_axes: Mapping[str, int],
     *,
     function_name: str = "main",
+    last_use: dict[relax.Var, int] | None = None,
+    bindings: list[relax.Binding] | None = None,
 ) -> ChunkCandidate:
     """Trace the chunk flow of region ``[start, end]`` with its outputs chunked as given.
 
@@ -214,6 +235,9 @@ def trace_region(
         Inclusive binding indices.
     output_axes
         Chunk axis of every region output, by variable name (negative axes allowed).
+    last_use, bindings
+        Precomputed :func:`last_uses` and :func:`flat_bindings` of ``func`` (for speed when
+        tracing many regions of one function).
 
     Returns
     -------
@@ -224,10 +248,10 @@ def trace_region(
     CantChunk
         If the flow is illegal under any of the four rules.
     """
-    bindings = flat_bindings(func)
+    bindings = bindings if bindings is not None else flat_bindings(func)
     if not 0 <= start <= end < len(bindings):
         raise CantChunk(f"region [{start}, {end}] outside the {len(bindings)} bindings")
-    outputs = region_outputs(func, start, end)
+    outputs = region_outputs(func, start, end, last_use, bindings)
     if not outputs:
         raise CantChunk("the region has no output")
     names = {v.name for v in outputs}

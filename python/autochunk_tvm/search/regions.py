@@ -11,7 +11,7 @@ from tvm import relax
 
 from ..analysis import MemoryProfile, estimate_activation_memory
 from .candidate import CantChunk, ChunkCandidate
-from .flow import flat_bindings, region_outputs, trace_region
+from .flow import flat_bindings, last_uses, region_outputs, trace_region
 from .rules import same_dim, shape_of, static
 
 logger = logging.getLogger("autochunk_tvm")
@@ -86,11 +86,12 @@ def search_chunk_candidates(
     peak = profile.peak_index
     if peak < 0:
         return []
+    last_use = last_uses(func)
     found: list[ChunkCandidate] = []
     traced = 0
     for start in range(max(0, peak - window), peak + 1):
         for end in range(peak, min(len(bindings), peak + window + 1)):
-            outputs = region_outputs(func, start, end)
+            outputs = region_outputs(func, start, end, last_use, bindings)
             # Stage 1: cheap checks on the region's outputs only.
             if not outputs or len(outputs) > MAX_OUTPUTS:
                 continue
@@ -98,7 +99,17 @@ def search_chunk_candidates(
                 traced += 1
                 axes = {v.name: a for v, a in zip(outputs, combo)}
                 try:  # Stage 2: the full flow trace
-                    found.append(trace_region(func, start, end, axes, function_name=func_name))
+                    found.append(
+                        trace_region(
+                            func,
+                            start,
+                            end,
+                            axes,
+                            function_name=func_name,
+                            last_use=last_use,
+                            bindings=bindings,
+                        )
+                    )
                 except CantChunk:
                     continue
     logger.info("search: %d regions traced, %d legal candidates", traced, len(found))

@@ -1,0 +1,91 @@
+"""Property test: on random graphs of supported ops, every legal candidate the tracer returns
+computes the same function when executed chunked, for any chunk size (divisor or not)."""
+
+import numpy as np
+from conftest import run_on_vm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tvm import relax
+
+from autochunk_tvm.search import CantChunk, flat_bindings, region_outputs, trace_region
+from autochunk_tvm.search.reference import chunk_with_reference
+
+
+def _emit_random_op(bb, x, draw, rng):
+    shape = [int(d) for d in x.ty.shape.values]
+    rank = len(shape)
+    kind = draw(
+        st.sampled_from(
+            ["unary", "binary", "permute", "merge", "split", "sum", "softmax", "matmul"]
+        )
+    )
+    if kind == "unary":
+        op = draw(st.sampled_from([relax.op.exp, relax.op.tanh, relax.op.nn.relu]))
+        return bb.emit(op(relax.op.multiply(x, relax.const(0.1, "float32"))))
+    if kind == "binary":
+        # a constant operand broadcast along a random subset of axes
+        b_shape = [d if draw(st.booleans()) else 1 for d in shape]
+        b = relax.const(rng.standard_normal(b_shape).astype("float32"))
+        return bb.emit(draw(st.sampled_from([relax.op.add, relax.op.multiply]))(x, b))
+    if kind == "permute" and rank >= 2:
+        return bb.emit(relax.op.permute_dims(x, draw(st.permutations(range(rank)))))
+    if kind == "merge" and rank >= 2:
+        i = draw(st.integers(0, rank - 2))
+        return bb.emit(relax.op.reshape(x, shape[:i] + [shape[i] * shape[i + 1]] + shape[i + 2 :]))
+    if kind == "split" and rank <= 3:
+        i = draw(st.integers(0, rank - 1))
+        factors = [f for f in (2, 3) if shape[i] % f == 0 and shape[i] > f]
+        if factors:
+            f = draw(st.sampled_from(factors))
+            return bb.emit(relax.op.reshape(x, shape[:i] + [shape[i] // f, f] + shape[i + 1 :]))
+    if kind == "sum" and rank >= 2:
+        return bb.emit(relax.op.sum(x, axis=[draw(st.integers(0, rank - 1))], keepdims=True))
+    if kind == "softmax":
+        return bb.emit(relax.op.nn.softmax(x, axis=draw(st.integers(0, rank - 1))))
+    if kind == "matmul":
+        w = relax.const(rng.standard_normal((shape[-1], draw(st.integers(2, 5)))).astype("float32"))
+        return bb.emit(relax.op.matmul(x, w))
+    return bb.emit(relax.op.negative(x))
+
+
+@st.composite
+def random_graphs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    shape = draw(st.lists(st.integers(2, 6), min_size=2, max_size=3))
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = x
+            for _ in range(draw(st.integers(2, 5))):
+                y = _emit_random_op(bb, y, draw, rng)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    return mod, rng.standard_normal(shape).astype("float32")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graph=random_graphs(), pick=st.randoms(use_true_random=False))
+def test_every_traced_candidate_is_numerically_exact(graph, pick):
+    mod, x = graph
+    func = mod["main"]
+    n = len(flat_bindings(func))
+    candidates = []
+    for start in range(n):
+        for end in range(start, n):
+            outputs = region_outputs(func, start, end)
+            if len(outputs) != 1:
+                continue
+            for axis in range(len(outputs[0].ty.shape.values)):
+                try:
+                    candidates.append(trace_region(func, start, end, {outputs[0].name: axis}))
+                except CantChunk:
+                    pass
+    if not candidates:
+        return
+    ref = run_on_vm(mod, [x])
+    for c in pick.sample(candidates, min(3, len(candidates))):
+        units = pick.randint(1, c.extent - 1)
+        out = run_on_vm(chunk_with_reference(mod, c, units), [x])
+        np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=1e-5, err_msg=str(c))
