@@ -5,7 +5,7 @@ records they produce (:mod:`.candidate`).
 """
 
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
-from .flow import flat_bindings, region_outputs, trace_region
+from .flow import flat_bindings, last_uses, region_outputs, trace_region
 from .regions import search_chunk_candidates
 from .rules import RULES
 
@@ -16,6 +16,7 @@ __all__ = [
     "ChunkAxis",
     "ChunkCandidate",
     "flat_bindings",
+    "last_uses",
     "region_outputs",
     "search_chunk_candidates",
     "trace_region",
