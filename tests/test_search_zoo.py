@@ -94,3 +94,14 @@ def test_reference_check_catches_an_illegal_chunk(gpt_attention):
         out = run_on_vm(chunk_with_reference(mod, wrong, 8), args)
         ref = run_on_vm(mod, args)
         np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_evoformer_triangle_attention_chunked_over_rows_like_openfold():
+    model, args = ac.models.evoformer("tiny", n_res=32)  # triangle attention logits peak
+    mod = ac.from_torch(model, args)
+    candidates = search_chunk_candidates(mod)
+    axes = _axes_of(mod, candidates, "relax.nn.softmax")
+    # OpenFold chunks triangle attention over the pair rows: logits (i, heads, j, k), axis 0
+    assert (0, (32, 2, 32, 32)) in axes
+    assert all(axis != 3 for axis, _ in axes)  # never the keys the softmax normalizes over
+    _check_numerics(mod, args, candidates, chunk_units=5, rng=random.Random(3), n=2)
