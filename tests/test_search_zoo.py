@@ -105,3 +105,12 @@ def test_evoformer_triangle_attention_chunked_over_rows_like_openfold():
     assert (0, (32, 2, 32, 32)) in axes
     assert all(axis != 3 for axis, _ in axes)  # never the keys the softmax normalizes over
     _check_numerics(mod, args, candidates, chunk_units=5, rng=random.Random(3), n=2)
+
+
+@pytest.mark.parametrize("name", ["vit", "unet"])
+def test_vit_and_unet_candidates_are_exact(name):
+    model, args = ac.models.FACTORIES[name]("tiny")
+    mod = ac.from_torch(model, args)
+    candidates = search_chunk_candidates(mod)
+    assert candidates, f"no chunk region found around the {name} peak"
+    _check_numerics(mod, args, candidates, chunk_units=3, rng=random.Random(4), n=2)

@@ -83,3 +83,16 @@ def conv2d(call: relax.Call, out_axis: int):
         return [None, flow(0)]  # output channels come from weight rows
     # NOTE [conv halo]: a spatial chunk needs a halo of input rows; not expressed yet.
     raise CantChunk("conv2d spatial or grouped-channel chunks need a halo")
+
+
+@register("relax.image.resize2d")
+def resize2d(call: relax.Call, out_axis: int):
+    """Resizing is independent per batch item and per channel; spatial axes interpolate."""
+    layout = str(call.attrs.layout)
+    if layout != "NCHW":
+        raise CantChunk(f"resize2d layout {layout} is not analysed")
+    if out_axis in (0, 1):
+        return [flow(out_axis)] + [None] * (len(call.args) - 1)
+    # NOTE [resize halo]: a chunk of output rows reads a (scaled, possibly overlapping) window
+    # of input rows; not expressed yet.
+    raise CantChunk("resize2d spatial chunks need index arithmetic")
