@@ -16,7 +16,20 @@ def _emit_random_op(bb, x, draw, rng):
     rank = len(shape)
     kind = draw(
         st.sampled_from(
-            ["unary", "binary", "permute", "merge", "split", "sum", "softmax", "matmul"]
+            [
+                "unary",
+                "binary",
+                "permute",
+                "merge",
+                "split",
+                "sum",
+                "softmax",
+                "matmul",
+                "layer_norm",
+                "concat",
+                "slice",
+                "cumsum",
+            ]
         )
     )
     if kind == "unary":
@@ -45,6 +58,19 @@ def _emit_random_op(bb, x, draw, rng):
     if kind == "matmul":
         w = relax.const(rng.standard_normal((shape[-1], draw(st.integers(2, 5)))).astype("float32"))
         return bb.emit(relax.op.matmul(x, w))
+    if kind == "layer_norm":
+        gamma = relax.const(rng.standard_normal(shape[-1:]).astype("float32"))
+        beta = relax.const(rng.standard_normal(shape[-1:]).astype("float32"))
+        return bb.emit(relax.op.nn.layer_norm(x, gamma, beta, axes=[-1]))
+    if kind == "concat":
+        return bb.emit(relax.op.concat([x, x], axis=draw(st.integers(0, rank - 1))))
+    if kind == "slice":
+        axis = draw(st.integers(0, rank - 1))
+        return bb.emit(
+            relax.op.strided_slice(x, axes=[axis], begin=[0], end=[max(1, shape[axis] - 1)])
+        )
+    if kind == "cumsum":
+        return bb.emit(relax.op.cumsum(x, axis=draw(st.integers(0, rank - 1))))
     return bb.emit(relax.op.negative(x))
 
 
