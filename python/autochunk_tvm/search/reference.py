@@ -73,8 +73,9 @@ def chunk_with_reference(
 ) -> tvm.IRModule:
     """A new module computing ``candidate``'s region in chunks of ``chunk_units`` units.
 
-    ``chunk_units`` need not divide the extent (the last chunk is shorter). The input module is
-    not modified.
+    ``chunk_units`` need not divide the extent (the last chunk is shorter). The function is
+    rebuilt as one dataflow block, which is what the frontend produces; the input module is not
+    modified.
     """
     if not isinstance(candidate.extent, int):
         raise ValueError("the reference executor needs a static extent")
@@ -143,8 +144,8 @@ def _slice_inputs(
     lo: int,
     hi: int,
 ) -> dict:
-    """Slices of every chunked region input for chunk ``[lo, hi)``; constants are replaced in
-    place in ``env`` by keying them with their own object."""
+    """Slices of every chunked region input for chunk ``[lo, hi)``, keyed by the input (a
+    variable, or a constant object), ready to be merged into the chunk's environment."""
     inside = {b.var for b in region}
     done: dict = {}
 

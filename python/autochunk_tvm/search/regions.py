@@ -34,7 +34,11 @@ def _axis_choices(var: relax.Var) -> list[int]:
 
 
 def _aligned_combinations(outputs: list[relax.Var]):
-    """Axis choices for all outputs whose dims along the chunk axis are equal (stage 1)."""
+    """Axis choices for all outputs whose dims along the chunk axis are equal (stage 1).
+
+    Conservative: outputs that align only through a reshape scale (``(24, 8)`` beside
+    ``(4, 6, 8)``) are not paired, so such multi-output regions are not proposed.
+    """
     first = outputs[0]
     for axis in _axis_choices(first):
         dim = shape_of(first)[axis]
