@@ -30,7 +30,7 @@ from collections.abc import Mapping
 import tvm
 from tvm import relax, tirx
 
-from .sizes import SizeExpr, evaluate, type_bytes
+from .sizes import SizeExpr, evaluate, is_zero, type_bytes
 from .tir_workspace import workspace_bytes
 
 logger = logging.getLogger("autochunk_tvm")
@@ -236,7 +236,8 @@ def _op_name(value: relax.Expr) -> str:
     return type(value).__name__
 
 
-def _flat_bindings(func: relax.Function) -> list[relax.Binding]:
+def flat_bindings(func: relax.Function) -> list[relax.Binding]:
+    """The bindings of ``func``'s body in program order (empty without a SeqExpr body)."""
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         return []
@@ -333,11 +334,15 @@ class Liveness:
     sizes: list[int]
     ops: list[str]
     own: list[SizeExpr]
-    workspaces: list[int]
     workspace_allocs: list[tuple[int, ...]]
     weight_bytes: int
     bounds: dict[str, int]
     unsized: list[str]
+
+    @property
+    def workspaces(self) -> list[int]:
+        """Total workspace bytes of each binding."""
+        return [sum(allocs) for allocs in self.workspace_allocs]
 
 
 def analyse_liveness(
@@ -352,7 +357,7 @@ def analyse_liveness(
     the :func:`~.tir_workspace.workspace_bytes` upper bound as one allocation.
     """
     use_bounds = {**_default_bounds(func), **dict(bounds or {})}
-    bindings = _flat_bindings(func)
+    bindings = flat_bindings(func)
 
     storages: list[_Storage] = []
     backing: dict[relax.Var, tuple[int, ...]] = {}
@@ -394,8 +399,8 @@ def analyse_liveness(
         prim = _called_primfunc(value, mod)
         if prim is None:
             workspaces.append(())
-        elif workspace is not None and _callee_name(value) in workspace:
-            workspaces.append(tuple(workspace[_callee_name(value)]))
+        elif workspace is not None and (callee := _callee_name(value)) in workspace:
+            workspaces.append(tuple(workspace[callee]))
         else:
             workspaces.append((workspace_bytes(prim),))
 
@@ -429,7 +434,7 @@ def analyse_liveness(
             unsized.append(var.name)
             logger.warning("binding %s (%s) has no static size; counted as 0 bytes", var.name, op)
             size = 0
-        if _is_zero(size):
+        if is_zero(size):
             backing[var] = ()
             own.append(0)
             continue
@@ -471,7 +476,6 @@ def analyse_liveness(
         sizes=[evaluate(st.size, use_bounds) for st in storages],
         ops=ops,
         own=own,
-        workspaces=[sum(evaluate(w, use_bounds) for w in ws) for ws in workspaces],
         workspace_allocs=[tuple(evaluate(w, use_bounds) for w in ws) for ws in workspaces],
         weight_bytes=weight_bytes,
         bounds=use_bounds,
@@ -523,7 +527,11 @@ def estimate_activation_memory(
     True
     """
     mod, func, name = _resolve(mod_or_func, func_name)
-    live_info = analyse_liveness(mod, func, bounds, workspace)
+    return profile_from_liveness(name, analyse_liveness(mod, func, bounds, workspace))
+
+
+def profile_from_liveness(name: str, live_info: Liveness) -> MemoryProfile:
+    """The :class:`MemoryProfile` of function ``name`` from its already computed liveness."""
     bindings, storages, sizes = live_info.bindings, live_info.storages, live_info.sizes
     # Sweep in program order with start/end events: O(bindings + storages + output size).
     starts: dict[int, list[int]] = {}
@@ -533,12 +541,13 @@ def estimate_activation_memory(
         ends.setdefault(st.end, []).append(s)
     active: dict[int, None] = {}  # live storages, in creation order
     active_bytes = 0
+    workspaces = live_info.workspaces
     records: list[BindingMemory] = []
     for index, binding in enumerate(bindings):
         for s in starts.get(index, ()):
             active[s] = None
             active_bytes += sizes[s]
-        work = live_info.workspaces[index]
+        work = workspaces[index]
         live_tensors = tuple(storages[s].name for s in active)
         live_bytes = active_bytes + work
         for s in ends.get(index, ()):
@@ -578,10 +587,4 @@ def estimate_activation_memory(
         workspace_bytes=max((r.workspace_bytes for r in records), default=0),
         bounds=dict(live_info.bounds),
         unsized=tuple(live_info.unsized),
-    )
-
-
-def _is_zero(size: SizeExpr) -> bool:
-    return (isinstance(size, int) and size == 0) or (
-        isinstance(size, tirx.IntImm) and int(size) == 0
     )

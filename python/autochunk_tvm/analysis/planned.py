@@ -26,7 +26,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from .memory import INPUT, MemoryProfile, analyse_liveness, estimate_activation_memory
+from .memory import INPUT, MemoryProfile, analyse_liveness, profile_from_liveness
 from .tir_workspace import lowered_workspace_allocations
 
 PAGE_BYTES = 4096  # PooledAllocator::kDefaultPageSize and kWorkspacePageSize
@@ -235,9 +235,7 @@ def static_allocation(
             size = _round_page(live.sizes[s])
             free_pool[size] = free_pool.get(size, 0) + 1
 
-    profile = estimate_activation_memory(
-        lowered, func_name=func_name, bounds=bounds, workspace=workspace
-    )
+    profile = profile_from_liveness(func_name, live)
     planned = sum(
         live.sizes[s]
         for s, st in enumerate(live.storages)

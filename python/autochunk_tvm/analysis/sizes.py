@@ -39,6 +39,14 @@ def type_bytes(ty) -> SizeExpr | None:
     return 0
 
 
+def is_zero(size: SizeExpr) -> bool:
+    """Whether a size is the constant 0 (a symbolic size is not)."""
+    try:
+        return int(size) == 0
+    except TypeError:
+        return False
+
+
 def symbolic_vars(ty) -> list[tirx.Var]:
     """The shape variables that appear in a Relax type."""
     return list(relax.analysis.tir_vars_in_type(ty))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from tvm import tirx
 
-from .sizes import SizeExpr, dtype_bytes
+from .sizes import SizeExpr, dtype_bytes, is_zero
 
 # NOTE [device memory scopes]: only these scopes live in the device's main memory. "shared",
 # "local", "warp", "wmma.*" and the like are on-chip on GPUs (registers, SMEM) and bounded by
@@ -114,32 +114,22 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
     """Global-scope allocations (bytes, in program order) each PrimFunc of ``mod`` makes once
     lowered for ``target``.
 
-    Only functions with internal allocations are lowered (the rest allocate nothing). A function
-    the passes cannot lower keeps its :func:`workspace_bytes` upper bound.
+    Only functions with internal allocations are lowered (the rest allocate nothing).
     """
     import tvm
 
     candidates = {
         gv: func
         for gv, func in mod.functions.items()
-        if isinstance(func, tirx.PrimFunc) and not _is_zero_size(workspace_bytes(func))
-    }
-    result: dict[str, tuple[SizeExpr, ...]] = {
-        gv.name_hint: (workspace_bytes(f),) for gv, f in candidates.items()
+        if isinstance(func, tirx.PrimFunc) and not is_zero(workspace_bytes(func))
     }
     if not candidates:
-        return result
+        return {}
     with target:
         lowered = tvm.transform.Sequential(_storage_passes())(
             tirx.transform.BindTarget(target)(tvm.IRModule(candidates))
         )
-    for gv, func in lowered.functions.items():
-        result[gv.name_hint] = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
-    return result
-
-
-def _is_zero_size(size: SizeExpr) -> bool:
-    try:
-        return int(size) == 0
-    except TypeError:
-        return False
+    return {
+        gv.name_hint: tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
+        for gv, func in lowered.functions.items()
+    }

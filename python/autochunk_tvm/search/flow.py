@@ -26,19 +26,13 @@ from fractions import Fraction
 import tvm
 from tvm import relax
 
+from ..analysis.memory import flat_bindings
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
 from .rules import rule_for, same_dim, shape_of, static
 
 # (axis, scale) during tracing; scales are rational until normalized at the end.
 _Setting = tuple[int | None, Fraction]
 _WHOLE: _Setting = (None, Fraction(1))
-
-
-def flat_bindings(func: relax.Function) -> list[relax.Binding]:
-    """The bindings of ``func``'s body in program order (empty without a SeqExpr body)."""
-    if not isinstance(func.body, relax.SeqExpr):
-        return []
-    return [b for block in func.body.blocks for b in block.bindings]
 
 
 def constant_names(region: list[relax.Binding]) -> dict[relax.Expr, str]:
@@ -96,10 +90,8 @@ def region_outputs(
 
 
 class _Tracer:
-    def __init__(self, bindings: list[relax.Binding], start: int, end: int) -> None:
-        self.bindings = bindings
-        self.start, self.end = start, end
-        self.inside = {b.var for b in bindings[start : end + 1]}
+    def __init__(self, region: list[relax.Binding]) -> None:
+        self.inside = {b.var for b in region}
         self.settings: dict[relax.Expr, _Setting] = {}
         self.inputs: dict[relax.Expr, None] = {}  # ordered set of values read from outside
 
@@ -258,7 +250,8 @@ def trace_region(
     if set(output_axes) != names:
         raise CantChunk(f"output axes given for {sorted(output_axes)}, outputs are {sorted(names)}")
 
-    tracer = _Tracer(bindings, start, end)
+    region = bindings[start : end + 1]
+    tracer = _Tracer(region)
     for var in outputs:
         shape = shape_of(var)
         if shape is None:
@@ -267,12 +260,11 @@ def trace_region(
         if not -len(shape) <= axis < len(shape):
             raise CantChunk(f"output {var.name} has no axis {axis}")
         tracer.settings[var] = (axis % len(shape), Fraction(1))
-    for binding in reversed(bindings[start : end + 1]):
+    for binding in reversed(region):
         tracer.visit(binding)
 
     axes = _normalize(tracer.settings)
     extent = _extent(axes)
-    region = bindings[start : end + 1]
     const_names = constant_names(region)
     return ChunkCandidate(
         function=function_name,
