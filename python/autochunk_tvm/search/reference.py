@@ -29,20 +29,24 @@ SHAPE_ARGUMENT = {
 }
 
 
-def _substitute(expr: relax.Expr, env: Mapping[relax.Expr, relax.Expr]) -> relax.Expr:
+def substitute(expr: relax.Expr, env: Mapping[relax.Expr, relax.Expr]) -> relax.Expr:
+    """``expr`` with the variables (and constants) of ``env`` replaced, one level of calls,
+    tuples and tuple items deep: the shape of a binding's value."""
     if isinstance(expr, relax.Var | tvm.ir.expr.GenericConst):
         return env.get(expr, expr)  # sliced constants are keyed by the constant itself
     if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_substitute(f, env) for f in expr.fields])
+        return relax.Tuple([substitute(f, env) for f in expr.fields])
     if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_substitute(expr.tuple_value, env), expr.index)
+        return relax.TupleGetItem(substitute(expr.tuple_value, env), expr.index)
     if isinstance(expr, relax.Call):
-        args = [_substitute(a, env) for a in expr.args]
+        args = [substitute(a, env) for a in expr.args]
         return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
     return expr  # constants, shapes, prim values
 
 
-def _with_chunk_shape(call: relax.Call, axis: ChunkAxis, units: int) -> relax.Call:
+def with_chunk_shape(call: relax.Call, axis: ChunkAxis, units) -> relax.Call:
+    """``call`` with its output-shape argument (reshape, broadcast_to, full, ...) at a chunk of
+    ``units`` chunk units (an int, or a PrimExpr for a symbolic chunk length)."""
     op = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
     if op not in SHAPE_ARGUMENT or not axis.chunked:
         return call
@@ -99,11 +103,11 @@ def chunk_with_reference(
         with bb.dataflow():
             env: dict[relax.Expr, relax.Expr] = {}
             for binding in bindings[: candidate.start]:
-                env[binding.var] = bb.emit(_substitute(binding.value, env), binding.var.name)
+                env[binding.var] = bb.emit(substitute(binding.value, env), binding.var.name)
             # Whole (hoistable) bindings once, before the chunks.
             for binding in region:
                 if not axes[binding.var.name].chunked:
-                    env[binding.var] = bb.emit(_substitute(binding.value, env))
+                    env[binding.var] = bb.emit(substitute(binding.value, env))
             pieces: dict[relax.Var, list[relax.Expr]] = {}
             outputs = candidate.output_axes
             for lo in range(0, candidate.extent, chunk_units):
@@ -115,9 +119,9 @@ def chunk_with_reference(
                     axis = axes[binding.var.name]
                     if not axis.chunked:
                         continue
-                    value = _substitute(binding.value, local)
+                    value = substitute(binding.value, local)
                     if isinstance(value, relax.Call):
-                        value = _with_chunk_shape(value, axis, hi - lo)
+                        value = with_chunk_shape(value, axis, hi - lo)
                     local[binding.var] = bb.emit(value)
                     if binding.var.name in outputs:
                         pieces.setdefault(binding.var, []).append(local[binding.var])
@@ -127,8 +131,8 @@ def chunk_with_reference(
                     bb.emit(relax.op.concat(parts, axis=axis)) if len(parts) > 1 else parts[0]
                 )
             for binding in bindings[candidate.end + 1 :]:
-                env[binding.var] = bb.emit(_substitute(binding.value, env))
-            result = bb.emit_output(_substitute(func.body.body, env))
+                env[binding.var] = bb.emit(substitute(binding.value, env))
+            result = bb.emit_output(substitute(func.body.body, env))
         bb.emit_func_output(result)
     new_mod = bb.get()
     out = tvm.IRModule({gv: f for gv, f in mod.functions.items()})

@@ -1,0 +1,20 @@
+"""Stage 4 of AutoChunk: chunk regions become TIR loops over chunk indices.
+
+:mod:`.plan` holds the plan record, :mod:`.region` re-emits a region at chunk shape,
+:mod:`.stages` legalizes and schedules it as the target's build would, :mod:`.composite`
+composes the loop PrimFunc and :mod:`.lower` rewrites the Relax function around it.
+"""
+
+from .lower import COMPOSITE_ATTR, lower_chunk_plan, validate_plan
+from .plan import ChunkPlan, ChunkPlanError, ChunkStep
+from .region import LoweringError
+
+__all__ = [
+    "COMPOSITE_ATTR",
+    "ChunkPlan",
+    "ChunkPlanError",
+    "ChunkStep",
+    "LoweringError",
+    "lower_chunk_plan",
+    "validate_plan",
+]
