@@ -122,6 +122,10 @@ def _expr(value):
     return tirx.IntImm(INDEX, value) if isinstance(value, int) else value
 
 
+def _seq(stmts: list) -> tirx.Stmt:
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)  # TIR forbids 1-long SeqStmts
+
+
 def _flex_buffer(param: tirx.Var, name: str, known: dict) -> tirx.Var:
     """A copy of a stage's parameter buffer that can bind to a strided, offset view."""
     index = str(param.shape[0].ty) if len(param.shape) else INDEX
@@ -192,7 +196,7 @@ class CompositeBuilder:
                 stmts.append(
                     tirx.For(once, 0, tirx.min(rest, _expr(1)), tirx.ForKind.SERIAL, tail_body)
                 )
-        root = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", tirx.SeqStmt(stmts)))
+        root = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "root", _seq(stmts)))
         params = self.inputs + self.outputs + storages
         func = tirx.PrimFunc(params, root).with_attrs(
             {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": OPAQUE}
@@ -216,7 +220,7 @@ class CompositeBuilder:
             temps[index] = buf
         for stage in program.stages:
             stmts.extend(self._stage(stage, temps, offset, length, known))
-        return tirx.SeqStmt(stmts)
+        return _seq(stmts)
 
     def _source(self, tensor: Tensor, temps, offset, length) -> tirx.TensorRegion:
         if tensor.kind == "temp":

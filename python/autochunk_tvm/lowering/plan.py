@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import tvm_ffi
+
 from ..search.candidate import ChunkCandidate
 
 
+# Registered so that the error keeps its type when raised inside a module pass (it crosses
+# TVM's FFI boundary on the way out).
+@tvm_ffi.register_error
 class ChunkPlanError(ValueError):
     """A plan that cannot be applied to this module: the message says what is wrong and what
     to do. The module is left unchanged."""

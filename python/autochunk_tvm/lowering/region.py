@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from ..search.candidate import WHOLE, ChunkAxis, ChunkCandidate
@@ -20,6 +21,7 @@ from ..search.flow import constant_names, flat_bindings
 from ..search.reference import substitute, with_chunk_shape
 
 
+@tvm_ffi.register_error  # keeps its type across the FFI boundary of a module pass
 class LoweringError(RuntimeError):
     """A planned region could not be lowered (an op the target pipeline cannot legalize or
     schedule inside a chunk); the message names it. The module is left unchanged."""

@@ -88,4 +88,4 @@ def normalize_axis(axis: int, ndim: int) -> int:
 
 
 # Importing the families fills RULES.
-from . import elementwise, manipulate, matmul, nn, reduce  # noqa: E402, F401
+from . import elementwise, manipulate, matmul, nn, reduce  # noqa: F401
