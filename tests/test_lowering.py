@@ -328,3 +328,31 @@ def test_overlapping_steps_and_missing_target(mlp):
         LowerChunkPlan(ChunkPlan.of((cand, 8)))(mod)
     with tvm.target.Target("llvm"):
         assert _composites(LowerChunkPlan(ChunkPlan.of((cand, 8)))(mod))
+
+
+# ---- memory: the chunked region needs X + Y + A/n -------------------------------------------
+
+
+def test_measured_peak_tracks_x_plus_y_plus_a_over_n():
+    """MLP over the sequence, activations ~100 MiB: x (1, 4096, 32) -> hidden (4096, 2048)
+    -> y. A is three hidden tensors (GELU input, output and the GELU kernel's own buffer); the
+    weight transposes hoisted out of the loop (0.5 MiB) are computed once."""
+    seq, dim, hidden = 4096, 32, 2048
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim)
+    ).eval()
+    args = (torch.randn(1, seq, dim),)
+    mod = ac.from_torch(model, args)
+    cand = max(
+        (c for c in search_chunk_candidates(mod) if c.extent == seq), key=lambda c: c.end - c.start
+    )
+    x = y = seq * dim * 4
+    a = 3 * seq * hidden * 4
+    hoisted = 2 * dim * hidden * 4
+    unchunked = ac.measure_peak_memory(mod, args).peak_bytes + x
+    assert unchunked == pytest.approx(x + y + a + hoisted, rel=0.05)
+    for n in (2, 4, 8, 16):
+        plan = ChunkPlan.of((cand, ChunkPlan.chunk_len_for(cand, n)))
+        measured = ac.measure_peak_memory(lower_chunk_plan(mod, plan, "llvm"), args).peak_bytes
+        assert measured + x == pytest.approx(x + y + a / n + hoisted, rel=0.05), f"n={n}"

@@ -7,10 +7,12 @@ The public entry points of the foundation:
 * :func:`static_allocation` - what a build of the module will allocate during one call;
 * :func:`measure_peak_memory` - what it really allocates, measured in a fresh process;
 * :func:`search_chunk_candidates` - every legal chunk region around the memory peak;
+* :class:`ChunkPlan` and :func:`transform.LowerChunkPlan` - chosen regions become one TIR loop
+  over chunks each (:func:`lower_chunk_plan` is the same as a function);
 * :mod:`models` - GPT, ViT, AlphaFold Evoformer and Stable-Diffusion UNet factories.
 """
 
-from . import models
+from . import models, transform
 from .analysis import (
     BindingMemory,
     MemoryProfile,
@@ -20,6 +22,7 @@ from .analysis import (
     static_allocation,
 )
 from .frontend import UnsupportedOperatorError, from_exported_program, from_torch
+from .lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError, lower_chunk_plan
 from .runtime import PeakMemory, measure_peak_memory, speed_ratio, time_callable
 from .search import ChunkAxis, ChunkCandidate, search_chunk_candidates
 
@@ -29,6 +32,10 @@ __all__ = [
     "BindingMemory",
     "ChunkAxis",
     "ChunkCandidate",
+    "ChunkPlan",
+    "ChunkPlanError",
+    "ChunkStep",
+    "LoweringError",
     "MemoryProfile",
     "PeakMemory",
     "StaticAllocation",
@@ -37,10 +44,12 @@ __all__ = [
     "format_bytes",
     "from_exported_program",
     "from_torch",
+    "lower_chunk_plan",
     "measure_peak_memory",
     "models",
     "search_chunk_candidates",
     "speed_ratio",
     "static_allocation",
     "time_callable",
+    "transform",
 ]
