@@ -28,3 +28,8 @@ def assert_close(actual, expected, tol=1e-4):
     for a, e in zip(actual, expected):
         assert a.shape == e.shape
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
+
+
+def op_name(binding) -> str:
+    """Name of the op a binding calls ("" for anything else)."""
+    return getattr(getattr(binding.value, "op", None), "name", "")

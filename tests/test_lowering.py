@@ -8,12 +8,15 @@ exported (no GPU needed) and their device kernels counted.
 import dataclasses
 import re
 
-import autochunk_tvm as ac
 import numpy as np
 import pytest
 import torch
 import tvm
 import tvm_ffi
+from conftest import op_name, run_on_vm
+from tvm import relax, s_tir
+
+import autochunk_tvm as ac
 from autochunk_tvm.analysis.planned import as_target
 from autochunk_tvm.lowering import (
     COMPOSITE_ATTR,
@@ -29,28 +32,22 @@ from autochunk_tvm.search import (
     trace_region,
 )
 from autochunk_tvm.transform import LowerChunkPlan
-from conftest import run_on_vm
-from tvm import relax, s_tir
 
 COUNTS = (1, 2, 3, 7, None)  # None: one chunk unit per chunk (count = extent)
 
 
-def _op(binding):
-    return getattr(getattr(binding.value, "op", None), "name", "")
-
-
-def _region(mod, candidates, op_name, axis):
-    """The longest candidate chunking an ``op_name`` binding along ``axis``."""
+def _region(mod, candidates, op, axis):
+    """The longest candidate chunking an ``op`` binding along ``axis``."""
     bindings = flat_bindings(mod["main"])
     found = [
         c
         for c in candidates
         if any(
-            _op(b) == op_name and c.axes[b.var.name].axis == axis
+            op_name(b) == op and c.axes[b.var.name].axis == axis
             for b in bindings[c.start : c.end + 1]
         )
     ]
-    assert found, f"search found no region chunking {op_name} on axis {axis}"
+    assert found, f"search found no region chunking {op} on axis {axis}"
     return max(found, key=lambda c: (c.end - c.start, -c.start))
 
 
@@ -137,7 +134,7 @@ def test_two_regions_in_one_plan(zoo):
     mod, args, _ = zoo("gpt-attention")
     func = mod["main"]
     bindings = flat_bindings(func)
-    softmaxes = [i for i, b in enumerate(bindings) if _op(b) == "relax.nn.softmax"]
+    softmaxes = [i for i, b in enumerate(bindings) if op_name(b) == "relax.nn.softmax"]
     assert len(softmaxes) >= 2
     # softmax over queries, then probabilities @ V: both chunked on the query axis (2)
     steps = [
@@ -185,7 +182,7 @@ def test_region_becomes_one_call_to_a_loop_over_chunks(mlp):
     lowered = LowerChunkPlan(ChunkPlan.of((cand, 8)), "llvm")(mod)
     assert mod.script() == before, "the pass must not modify its input module"
     ((name, prim),) = _composites(lowered).items()
-    calls = [b for b in flat_bindings(lowered["main"]) if _op(b) == "relax.call_tir"]
+    calls = [b for b in flat_bindings(lowered["main"]) if op_name(b) == "relax.call_tir"]
     assert [c.value.args[0].name_hint for c in calls] == [name]
     # 50 = 6 chunks of 8 + a last chunk of 2: a loop of 6, then the tail stages
     loops = []

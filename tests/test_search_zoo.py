@@ -6,25 +6,20 @@ import random
 
 import numpy as np
 import pytest
-from conftest import run_on_vm
+from conftest import op_name, run_on_vm
 
 import autochunk_tvm as ac
 from autochunk_tvm.search import ChunkAxis, flat_bindings, search_chunk_candidates
 from autochunk_tvm.search.reference import chunk_with_reference
 
 
-def _op(binding):
-    op = getattr(binding.value, "op", None)
-    return getattr(op, "name", "")
-
-
-def _axes_of(mod, candidates, op_name):
-    """(chunk axis, shape) of the first ``op_name`` binding in every candidate containing one."""
+def _axes_of(mod, candidates, op):
+    """(chunk axis, shape) of the first ``op`` binding in every candidate containing one."""
     bindings = flat_bindings(mod["main"])
     found = set()
     for c in candidates:
         for b in bindings[c.start : c.end + 1]:
-            if _op(b) == op_name:
+            if op_name(b) == op:
                 found.add((c.axes[b.var.name].axis, tuple(int(d) for d in b.var.ty.shape.values)))
                 break
     return found
@@ -78,11 +73,13 @@ def test_reference_check_catches_an_illegal_chunk(gpt_attention):
     legal = next(
         c
         for c in candidates
-        if any(_op(b) == "relax.nn.softmax" for b in bindings[c.start : c.end + 1])
+        if any(op_name(b) == "relax.nn.softmax" for b in bindings[c.start : c.end + 1])
         and c.end - c.start < 8
     )
     softmax = next(
-        b.var.name for b in bindings[legal.start : legal.end + 1] if _op(b) == "relax.nn.softmax"
+        b.var.name
+        for b in bindings[legal.start : legal.end + 1]
+        if op_name(b) == "relax.nn.softmax"
     )
     # Re-label the softmax as chunked over keys (axis 3) while its input stays on queries:
     # exactly what the flow forbids.

@@ -10,8 +10,9 @@ as extra outputs so Relax's memory planner sees and plans them; each temporary i
 
     for c in range(extent // chunk_len):          # full chunks
         <stages at chunk_len, offset c * chunk_len>
-    if extent % chunk_len > 0:                    # the shorter last chunk
-        <stages at extent % chunk_len>
+    <stages at extent % chunk_len>                # the shorter last chunk, if any
+
+(for a symbolic extent, the last chunk is a loop of ``min(extent % chunk_len, 1)`` iterations).
 
 On GPUs the loop stays on the host: every stage's thread-bound loops become kernel launches.
 """
@@ -27,6 +28,7 @@ from tvm import relax, s_tir, tirx
 from tvm.ir import Range
 
 from ..search.candidate import ChunkAxis
+from .region import LoweringError
 from .stages import StageProgram, Tensor
 
 INDEX = "int64"
@@ -35,8 +37,9 @@ OPAQUE = 8  # relay/relax OpPatternKind::kOpaque: FuseOps leaves the composite a
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """The stages of chunks of one length: ``length`` units (an int, or ``length_var`` bound to
-    a run-time expression for the symbolic last chunk)."""
+    """The stages of chunks of one length. ``length_var`` is the symbolic length the stages were
+    compiled at (the last chunk of a symbolic extent); the composite substitutes the run-time
+    length for it."""
 
     program: StageProgram
     length_var: tirx.Var | None = None
@@ -147,12 +150,10 @@ class CompositeBuilder:
 
     def __init__(
         self,
-        name: str,
         inputs: Sequence[tuple[str, relax.TensorType, ChunkAxis]],
         outputs: Sequence[tuple[str, relax.TensorType, ChunkAxis]],
         chunk_len: int,
     ) -> None:
-        self.name = name
         self.chunk_len = chunk_len
         self.inputs = [self._param(n, ty) for n, ty, _ in inputs]
         self.input_axes = [a for _, _, a in inputs]
@@ -244,7 +245,7 @@ class CompositeBuilder:
         n_buffers = len(stage.args)
         buffers, scalars = list(prim.params[:n_buffers]), list(prim.params[n_buffers:])
         if len(scalars) != len(stage.scalars):
-            raise ValueError(
+            raise LoweringError(
                 f"kernel {stage.name}: {len(scalars)} scalar params, call passes "
                 f"{len(stage.scalars)}"
             )

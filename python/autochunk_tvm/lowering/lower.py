@@ -107,7 +107,7 @@ def lower_chunk_plan(mod: tvm.IRModule, plan: ChunkPlan, target: Any) -> tvm.IRM
             composite, region = _lower_region(func, step, tgt)
             gv = adder.add_func(composite, f"chunked_{region.outputs[0].var.name}")
             lowered.append((step, region, gv))
-        rewritten[name] = _rewrite(func, lowered)
+        rewritten[name] = _rewrite(name, func, lowered)
     out = adder.get()
     for name, func in rewritten.items():
         out[name] = func
@@ -137,10 +137,10 @@ def _lower_region(func: relax.Function, step: ChunkStep, target) -> tuple:
     # number them after the function parameters, so they must agree.
     if tail_variant is not None and not _same_constants(full_program.constants, tail_consts):
         raise LoweringError("the full and last chunks legalized to different constants")
-    inputs = [(_input_name(i.value), i.ty, i.axis) for i in full.inputs]
+    inputs = [(p.name, i.ty, i.axis) for p, i in zip(full.func.params, full.inputs)]
     inputs += [(f"const{k}", c.ty, WHOLE) for k, c in enumerate(full_program.constants)]
     outputs = [(o.var.name, o.ty, o.axis) for o in full.outputs]
-    builder = CompositeBuilder("chunked", inputs, outputs, step.chunk_len)
+    builder = CompositeBuilder(inputs, outputs, step.chunk_len)
     composite, storages = builder.build(Variant(full_program), tail_variant)
     composite = composite.with_attr(COMPOSITE_ATTR, cand.outputs[0][0])
     region = _Lowered(full, full_program.constants, storages)
@@ -164,26 +164,18 @@ def _same_constants(a, b) -> bool:
     return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
 
 
-def _input_name(value: relax.Expr) -> str:
-    if isinstance(value, relax.Var):
-        return value.name
-    if isinstance(value, relax.TupleGetItem):
-        return f"{_input_name(value.tuple_value)}_{value.index}"
-    return "const"
-
-
-def _rewrite(func: relax.Function, lowered: list) -> relax.Function:
+def _rewrite(name: str, func: relax.Function, lowered: list) -> relax.Function:
     """``func`` rebuilt with each lowered region replaced by its composite call."""
     at_start = {step.candidate.start: (step, low, gv) for step, low, gv in lowered}
     bb = relax.BlockBuilder()
     env: dict[relax.Expr, relax.Expr] = {}
     attrs = dict(func.attrs) if func.attrs is not None else None
-    name = func.attrs["global_symbol"] if func.attrs and "global_symbol" in func.attrs else "main"
+    private = not (func.attrs and "global_symbol" in func.attrs)
     position = 0
     in_region = set()
     for step, _, _ in lowered:
         in_region.update(range(step.candidate.start, step.candidate.end + 1))
-    with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure):
+    with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure, private=private):
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
             with bb.dataflow() if dataflow else contextlib.nullcontext():
