@@ -167,3 +167,12 @@ def test_registry_rejects_duplicates():
 
     with pytest.raises(ValueError, match="already registered"):
         register("relax.exp")(lambda call, axis: [None])
+
+
+def test_arange_is_not_chunked_inside_a_region():
+    """Its values depend on the chunk's offset, which a chunk at chunk shape does not know (a
+    region starting at an arange once lowered to a wrong broadcast); outside the region, the
+    region reads chunk views of its output."""
+    ar = relax.op.arange(0, 16, 1, "int64")
+    with pytest.raises(CantChunk, match="offset"):
+        flows(ar, 0)

@@ -110,10 +110,18 @@ def broadcast_like(call: relax.Call, out_axis: int):
     return broadcast_flows(call, out_axis)
 
 
-@register("relax.full", "relax.zeros", "relax.ones", "relax.arange")
+@register("relax.full", "relax.zeros", "relax.ones")
 def creation(call: relax.Call, out_axis: int):
     """No tensor to chunk: the op is re-emitted at chunk shape (lowering rewrites its shape)."""
     return [None] * len(call.args)
+
+
+@register("relax.arange")
+def arange(call: relax.Call, out_axis: int):
+    """Its values depend on the position along the axis, which a chunk at chunk shape does not
+    know: a chunked arange stops the flow, so it stays outside the region and the region reads
+    chunk views of its output."""
+    raise CantChunk("a chunked arange would need the chunk's offset")
 
 
 @register("relax.strided_slice")
