@@ -26,6 +26,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from .sizes import type_bytes
 from .memory import INPUT, MemoryProfile, analyse_liveness, profile_from_liveness
 from .tir_workspace import lowered_workspace_allocations
 
@@ -55,6 +56,13 @@ class StaticAllocation:
         Liveness profile of the lowered function (its storages are the planned ones).
     target
         The target it was lowered for.
+    bindings
+        Var names of the lowered function's bindings, in order.
+    footprint
+        Per binding of the lowered function: the bytes held at its high point (pooled storage
+        plus the workspace of the kernel it calls). ``peak_bytes`` is its maximum. The pooled
+        part never shrinks during a call, so this is a high-water mark: selection reads in it
+        where a budget is first exceeded.
     """
 
     peak_bytes: int
@@ -65,6 +73,11 @@ class StaticAllocation:
     peak_binding: str
     profile: MemoryProfile
     target: str
+    bindings: tuple[str, ...] = ()
+    footprint: tuple[int, ...] = ()
+    storage_tensors: Mapping[int, tuple[tuple[int, int], ...]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def memory_plan_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
@@ -221,6 +234,7 @@ def static_allocation(
     free_pool: dict[int, int] = {}  # rounded size -> number of cached buffers
     workspace_pool = WorkspacePoolModel()
     peak, peak_index = 0, -1
+    footprint = []
     for i in range(n):
         for s in allocs_at.get(i, ()):
             size = _round_page(live.sizes[s])
@@ -229,6 +243,7 @@ def static_allocation(
             else:
                 pool_total += size
         ws_peak = workspace_pool.run_kernel(live.workspace_allocs[i])
+        footprint.append(pool_total + ws_peak)
         if pool_total + ws_peak > peak:
             peak, peak_index = pool_total + ws_peak, i
         for s in frees_at.get(i, ()):
@@ -250,4 +265,28 @@ def static_allocation(
         peak_binding=live.bindings[peak_index].var.name if peak_index >= 0 else "",
         profile=profile,
         target=str(tgt.kind.name),
+        bindings=tuple(b.var.name for b in live.bindings),
+        footprint=tuple(footprint),
+        storage_tensors=_storage_tensors(live.bindings),
     )
+
+
+def _storage_tensors(bindings) -> dict[int, tuple[tuple[int, int], ...]]:
+    alloc_storage = tvm.ir.Op.get("relax.memory.alloc_storage")
+    alloc_tensor = tvm.ir.Op.get("relax.memory.alloc_tensor")
+    storage_at: dict[relax.Var, int] = {}
+    tensors: dict[int, list[tuple[int, int]]] = {}
+    for j, binding in enumerate(bindings):
+        value = binding.value
+        if not isinstance(value, relax.Call):
+            continue
+        if value.op.same_as(alloc_storage):
+            storage_at[binding.var] = j
+            tensors[j] = []
+        elif value.op.same_as(alloc_tensor) and value.args[0] in storage_at:
+            nbytes = type_bytes(binding.var.ty)
+            if isinstance(nbytes, tvm.tirx.IntImm):
+                nbytes = int(nbytes)
+            if isinstance(nbytes, int):
+                tensors[storage_at[value.args[0]]].append((j, nbytes))
+    return {j: tuple(ts) for j, ts in tensors.items()}

@@ -89,8 +89,14 @@ def _flow(cand: ChunkCandidate):
     return (cand.bindings, tuple(sorted(cand.inputs)), tuple(sorted(cand.outputs)), cand.extent)
 
 
-def lower_chunk_plan(mod: tvm.IRModule, plan: ChunkPlan, target: Any) -> tvm.IRModule:
-    """A new module with every region of ``plan`` replaced by one chunk-loop composite."""
+def lower_chunk_plan(
+    mod: tvm.IRModule, plan: ChunkPlan, target: Any, *, cache: dict | None = None
+) -> tvm.IRModule:
+    """A new module with every region of ``plan`` replaced by one chunk-loop composite.
+
+    ``cache`` (a dict the caller keeps) reuses lowered regions across calls on the same
+    module and target; selection lowers many plans that share steps.
+    """
     tgt = as_target(target)
     validate_plan(mod, plan)
     # The BlockBuilder hands out GlobalVars typed with their callee's signature, which
@@ -104,7 +110,13 @@ def lower_chunk_plan(mod: tvm.IRModule, plan: ChunkPlan, target: Any) -> tvm.IRM
         func = mod[name]
         lowered = []
         for step in sorted(steps, key=lambda s: s.candidate.start):
-            composite, region = _lower_region(func, step, tgt)
+            if cache is None:
+                composite, region = _lower_region(func, step, tgt)
+            else:
+                key = (name, step, str(tgt))
+                if key not in cache:
+                    cache[key] = _lower_region(func, step, tgt)
+                composite, region = cache[key]
             gv = adder.add_func(composite, f"chunked_{region.outputs[0].var.name}")
             lowered.append((step, region, gv))
         rewritten[name] = _rewrite(name, func, lowered)

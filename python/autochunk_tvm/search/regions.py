@@ -59,8 +59,10 @@ def search_chunk_candidates(
     *,
     func_name: str = "main",
     window: int = DEFAULT_WINDOW,
+    centre: int | None = None,
 ) -> list[ChunkCandidate]:
-    """Every legal chunk region of the function that contains its peak binding.
+    """Every legal chunk region of the function that contains its peak binding (or
+    ``centre``).
 
     Parameters
     ----------
@@ -72,6 +74,9 @@ def search_chunk_candidates(
         ``profile.peak_index``.
     window
         How many bindings before and after the peak a region may extend.
+    centre
+        Search around this binding index instead of the profile's peak (selection uses the
+        binding where the memory of the *built* module first exceeds the budget).
 
     Returns
     -------
@@ -85,11 +90,16 @@ def search_chunk_candidates(
     bindings = flat_bindings(func)
     if not bindings:
         return []
-    if profile is None:
-        profile = estimate_activation_memory(mod_or_func, func_name=func_name)
-    peak = profile.peak_index
-    if peak < 0:
-        return []
+    if centre is not None:
+        if not 0 <= centre < len(bindings):
+            raise ValueError(f"centre {centre} is not a binding index (0..{len(bindings) - 1})")
+        peak = centre
+    else:
+        if profile is None:
+            profile = estimate_activation_memory(mod_or_func, func_name=func_name)
+        peak = profile.peak_index
+        if peak < 0:
+            return []
     last_use = last_uses(func)
     found: list[ChunkCandidate] = []
     traced = 0
