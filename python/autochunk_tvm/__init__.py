@@ -7,8 +7,12 @@ The public entry points of the foundation:
 * :func:`static_allocation` - what a build of the module will allocate during one call;
 * :func:`measure_peak_memory` - what it really allocates, measured in a fresh process;
 * :func:`search_chunk_candidates` - every legal chunk region around the memory peak;
+* :func:`select_plan` - the regions and chunk lengths that meet a memory budget at the least
+  predicted speed loss (:class:`PlanReport` tells what it chose);
 * :class:`ChunkPlan` and :func:`transform.LowerChunkPlan` - chosen regions become one TIR loop
   over chunks each (:func:`lower_chunk_plan` is the same as a function);
+* :func:`transform.AutoChunk` - all of it as one pass; :func:`build` - a one-call build with it
+  (also ``relax.get_pipeline("autochunk", budget=...)``);
 * :mod:`models` - GPT, ViT, AlphaFold Evoformer and Stable-Diffusion UNet factories.
 """
 
@@ -24,22 +28,31 @@ from .analysis import (
 from .frontend import UnsupportedOperatorError, from_exported_program, from_torch
 from .lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError, lower_chunk_plan
 from .runtime import PeakMemory, measure_peak_memory, speed_ratio, time_callable
+from .pipeline import autochunk_pipeline, build
 from .search import ChunkAxis, ChunkCandidate, search_chunk_candidates
+from .selection import BudgetUnreachableError, CostModel, Selection, parse_budget, select_plan
+from .selection.report import PlanReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BindingMemory",
+    "BudgetUnreachableError",
     "ChunkAxis",
     "ChunkCandidate",
     "ChunkPlan",
     "ChunkPlanError",
     "ChunkStep",
+    "CostModel",
     "LoweringError",
     "MemoryProfile",
     "PeakMemory",
+    "PlanReport",
+    "Selection",
     "StaticAllocation",
     "UnsupportedOperatorError",
+    "autochunk_pipeline",
+    "build",
     "estimate_activation_memory",
     "format_bytes",
     "from_exported_program",
@@ -47,7 +60,9 @@ __all__ = [
     "lower_chunk_plan",
     "measure_peak_memory",
     "models",
+    "parse_budget",
     "search_chunk_candidates",
+    "select_plan",
     "speed_ratio",
     "static_allocation",
     "time_callable",

@@ -1,0 +1,470 @@
+"""Stage 3 of AutoChunk: choose the chunk plan (paper §3.4, Eq. 11).
+
+The paper's loop (estimate, search, select, re-estimate until the peak fits) as a beam search
+over plans, then a pass that gives each chosen region back as much chunk length as the budget
+allows:
+
+1. *Estimate* a plan with :class:`~.estimate.PlanEstimator`: the footprint of the built module
+   per binding, a high-water mark, within ~1% of measurement.
+2. *Search* where the footprint first exceeds the budget: around the bindings whose tensors
+   size the allocations held there, largest first (storages are shared and allocated early,
+   so the binding that tips the footprint over is rarely the one to chunk).
+3. *Select*: the candidate regions there are ranked cheaply on the Relax-level profile (the
+   peak each leaves, the predicted cost), and the best ``top_k`` are applied at a fine chunk
+   length (``max_chunks`` chunks). A region may replace regions it contains, never cut one.
+   Each child plan is re-estimated and kept only if it lowers the bytes over the budget.
+   Plans reaching the same steps merge (the DP); the ``beam_width`` with the least excess
+   memory, then the least cost, go on until ``beam_width`` plans fit.
+4. *Relax* every plan that fits: steps it does not need are dropped, and each step, most
+   expensive first, gets the largest chunk length at which the whole plan still fits (doubling
+   and bisection on the estimate). The cheapest relaxed plan by the cost model wins.
+
+When nothing fits, the plan with the smallest peak found is what ``strict=False`` returns and
+what :class:`~.budget.BudgetUnreachableError` reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from ..analysis.flops import is_view
+from ..analysis.memory import estimate_activation_memory
+from ..lowering import ChunkPlan, ChunkStep
+from ..search.candidate import ChunkCandidate
+from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
+from .budget import BudgetUnreachableError, parse_budget
+from .cost import CostModel, ModelTotals, step_features
+from .estimate import PlanEstimate, PlanEstimator
+
+logger = logging.getLogger("autochunk_tvm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The outcome of :func:`select_plan`.
+
+    Attributes
+    ----------
+    plan
+        The chosen plan; ``plan.estimated_peak`` in bytes, ``plan.estimated_cost`` the
+        predicted run time relative to unchunked (1.0 = no loss).
+    budget
+        The budget in bytes.
+    unchunked_peak
+        Predicted peak of the unchunked build, bytes.
+    reached
+        Whether the plan's estimated peak is within the budget.
+    step_costs
+        Predicted slow-down of each step of the plan (same order).
+    evaluated
+        Number of distinct plans whose memory was estimated.
+    seconds
+        Wall time of the selection.
+    estimate
+        The memory estimate of the chosen plan (footprint per lowered binding).
+    baseline
+        The memory estimate of the unchunked module.
+    """
+
+    plan: ChunkPlan
+    budget: int
+    unchunked_peak: int
+    reached: bool
+    step_costs: tuple[float, ...]
+    evaluated: int
+    seconds: float
+    estimate: PlanEstimate
+    baseline: PlanEstimate
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    steps: tuple[ChunkStep, ...]  # ordered by region start
+    estimate: PlanEstimate
+
+
+def _ordered(steps) -> tuple[ChunkStep, ...]:
+    return tuple(sorted(steps, key=lambda s: s.candidate.start))
+
+
+class _Selector:
+    # Allocations tried, largest first, until one has a region that lowers the excess.
+    CENTRES = 3
+
+    def __init__(
+        self,
+        estimator: PlanEstimator,
+        budget: int,
+        cost_model: CostModel,
+        top_k: int,
+        max_chunks: int,
+    ):
+        self.est = estimator
+        self.budget = budget
+        self.cost_model = cost_model
+        self.top_k = top_k
+        self.max_chunks = max_chunks
+        self.func = estimator.func
+        self.totals = ModelTotals.of(self.func, estimator.bounds)
+        self.profile = estimate_activation_memory(
+            estimator.mod, func_name=estimator.func_name, bounds=estimator.bounds
+        )
+        self.own = {b.name: b.own_bytes for b in self.profile.bindings}
+        self.storage_of = _view_sources(estimator.bindings)
+        self._candidates: dict[int, list[ChunkCandidate]] = {}
+        self._costs: dict[ChunkStep, float] = {}
+
+    def with_budget(self, budget: int) -> _Selector:
+        """The same selector (sharing its caches) for another budget."""
+        other = copy.copy(self)
+        other.budget = budget
+        return other
+
+    def candidates(self, centre: int) -> list[ChunkCandidate]:
+        if centre not in self._candidates:
+            found = search_chunk_candidates(
+                self.est.mod, func_name=self.est.func_name, centre=centre
+            )
+            # NOTE [symbolic extents]: a chunk length for a symbolic extent has no count to
+            # bisect on; selection chunks static extents (symbolic plans can be hand-written).
+            self._candidates[centre] = [c for c in found if isinstance(c.extent, int)]
+        return self._candidates[centre]
+
+    def step_cost(self, cand: ChunkCandidate, chunk_len: int) -> float:
+        key = ChunkStep(cand, chunk_len)
+        if key not in self._costs:
+            feats = step_features(
+                self.func, cand, chunk_len, self.totals, self.est.bindings, self.est.bounds
+            )
+            self._costs[key] = self.cost_model.step_cost(feats)
+        return self._costs[key]
+
+    def cost(self, steps) -> float:
+        return sum(self.step_cost(s.candidate, s.chunk_len) for s in steps)
+
+    def fine_length(self, cand: ChunkCandidate) -> int:
+        return -(-cand.extent // min(cand.extent, self.max_chunks))
+
+    def ranked(self, state: _State, centre: int, cands: list[ChunkCandidate]):
+        """The ``top_k`` most promising candidates, from the Relax-level profile.
+
+        While a chunked region runs, what was live before it stays live (the composite holds
+        its inputs), its outputs and hoisted values are full size, and only its inner tensors
+        shrink to ``1/n``; outside it nothing changes. That gives each candidate the peak it
+        leaves around ``centre`` and the ``n`` it needs; Relax-level bytes are scaled to the
+        build's by their ratio at ``centre``. Candidates that can meet the budget come first,
+        cheapest first; then the lowest remaining peaks.
+        """
+        profile = self.profile.bindings
+        live = profile[centre]
+        scale = state.estimate.high_water(centre) / max(1, live.live_bytes)
+        room = self.budget / max(scale, 1e-9)
+        lo, hi = max(0, centre - DEFAULT_WINDOW), min(len(profile), centre + DEFAULT_WINDOW + 1)
+        feasible, other = [], []
+        for cand in cands:
+            # A view output (a reshape) keeps its source's storage full size.
+            outputs = {self.storage_of.get(name, name) for name, _ in cand.outputs}
+            inner = {name for name, _ in cand.bindings} - set(cand.hoistable) - outputs
+            before = (
+                profile[cand.start - 1].live_after_bytes
+                if cand.start > 0
+                else self.profile.input_bytes
+            )
+            floor = before + sum(self.own.get(n, 0) for n in outputs | set(cand.hoistable))
+            shrinks = sum(self.own.get(t, 0) for t in live.live_tensors if t in inner)
+            if shrinks <= 0:
+                continue
+            outside = max(
+                (profile[p].live_bytes for p in range(lo, hi) if not cand.start <= p <= cand.end),
+                default=0,
+            )
+            finest = max(outside, floor + shrinks // min(cand.extent, self.max_chunks))
+            if finest < room:
+                n = max(2, -(-shrinks // max(1, int(room - floor))))
+                chunk_len = -(-cand.extent // min(n, cand.extent))
+                feasible.append((self.step_cost(cand, chunk_len), finest, cand))
+            else:
+                other.append((finest, -shrinks, cand))
+        feasible.sort(key=lambda t: t[:2])
+        other.sort(key=lambda t: t[:2])
+        # Regions that differ by a binding at their ends size alike; keep one per way of
+        # chunking the centre tensor (its axis and the extent).
+        name = self.est.bindings[centre].var.name
+        picked, ways = [], set()
+        for *_, cand in feasible:
+            way = (cand.axes.get(name), cand.extent)
+            if way not in ways and len(picked) < self.top_k:
+                picked.append(cand)
+                ways.add(way)
+        # The ranking is approximate (Relax-level bytes): always size one lowest-peak region.
+        for *_, cand in other[: max(1, self.top_k - len(picked))]:
+            picked.append(cand)
+        return picked
+
+    def expand(self, state: _State) -> list[_State]:
+        """Plans with one more region chunked where the footprint first exceeds the target,
+        each lowering the bytes over the budget."""
+        excess = state.estimate.excess(self.budget)
+        for centre in state.estimate.excess_causes(self.budget)[: self.CENTRES]:
+            if centre >= len(self.est.bindings):
+                continue
+            children = []
+            for cand in self.ranked(state, centre, self._legal(state, centre)):
+                kept = [s for s in state.steps if not cand.start <= s.candidate.start <= cand.end]
+                steps = _ordered([*kept, ChunkStep(cand, self.fine_length(cand))])
+                if steps == state.steps:
+                    continue
+                estimate = self.est.estimate(steps)
+                if estimate.excess(self.budget) < excess:
+                    children.append(_State(steps, estimate))
+            if children:
+                return children
+        return []
+
+    def relax(self, state: _State) -> _State:
+        """Drop the steps the plan does not need, then give each step, most expensive first,
+        the largest chunk length at which the whole plan still fits."""
+        steps = list(state.steps)
+        for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
+            others = [s for s in steps if s is not step]
+            if self.est.estimate(_ordered(others)).peak <= self.budget:
+                steps = others
+        for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
+            others = [s for s in steps if s is not step]
+            cand = step.candidate
+
+            def peak(chunk_len: int, others=others, cand=cand) -> int:
+                return self.est.estimate(_ordered([*others, ChunkStep(cand, chunk_len)])).peak
+
+            seen = {step.chunk_len: peak(step.chunk_len)}
+            best = _largest_fitting(peak, self.budget, cand.extent, seen)
+            steps = [*others, ChunkStep(cand, best if best is not None else step.chunk_len)]
+        steps = _ordered(steps)
+        return _State(steps, self.est.estimate(steps))
+
+    def _legal(self, state: _State, centre: int) -> list[ChunkCandidate]:
+        """Candidates around ``centre`` that do not cut through a region already chunked."""
+        out = []
+        for cand in self.candidates(centre):
+            cut = any(
+                s.candidate.start <= cand.end
+                and cand.start <= s.candidate.end
+                and not (cand.start <= s.candidate.start and s.candidate.end <= cand.end)
+                for s in state.steps
+            )
+            if not cut:
+                out.append(cand)
+        return out
+
+
+def _largest_fitting(held, target: int, extent: int, seen: Mapping[int, int]) -> int | None:
+    """The largest chunk length in ``[1, extent]`` with ``held(length) <= target``, or
+    ``None``; ``held`` grows with the length (about linearly: ``X + Y + A * length``).
+
+    Doubling the chunk count until one fits brackets the answer; then the bracket shrinks by a
+    secant step on the line through its ends, alternating with bisection so that a bad line
+    (page rounding, a step in the storage plan) cannot slow it below bisection. ``seen`` holds
+    the lengths already estimated (``held`` fills it) and is reused.
+    """
+    fitting = [length for length, v in seen.items() if v <= target]
+    lo = max(fitting, default=0)  # 0: nothing fits yet
+    hi = min(
+        (length for length, v in seen.items() if v > target and length > lo), default=extent + 1
+    )  # extent + 1: not known to fail
+    extrapolate = True
+    while lo == 0:
+        # Fewer chunks than twice as many as the smallest failing length is pointless; a line
+        # through the two shortest failing lengths usually lands next to the answer.
+        length = (hi - 1) // 2 + 1 if hi <= extent else -(-extent // 2)
+        failing = sorted(x for x in seen if x >= hi)[:2]
+        if extrapolate and len(failing) == 2 and seen[failing[1]] > seen[failing[0]]:
+            (x0, x1), (v0, v1) = failing, (seen[failing[0]], seen[failing[1]])
+            length = int(x0 - (v0 - target) * (x1 - x0) / (v1 - v0))
+        extrapolate = not extrapolate
+        length = min(max(length, 1), hi - 1)
+        if held(length) <= target:
+            lo = length
+        elif length == 1:
+            return None
+        else:
+            hi = length
+    secant = True
+    while hi - lo > 1:
+        guess = (lo + hi) // 2
+        if secant and hi in seen and seen[hi] > seen[lo]:
+            guess = lo + int((hi - lo) * (target - seen[lo]) / (seen[hi] - seen[lo]))
+        guess = min(max(guess, lo + 1), hi - 1)
+        secant = not secant
+        if held(guess) <= target:
+            lo = guess
+        else:
+            hi = guess
+    return lo
+
+
+def _view_sources(bindings) -> dict[str, str]:
+    """For each binding that is a view of another (reshape-like), the binding whose storage
+    it shares."""
+    source: dict[str, str] = {}
+    for binding in bindings:
+        value = binding.value
+        if is_view(binding) and isinstance(value, relax.Call) and value.args:
+            arg = value.args[0]
+            if isinstance(arg, relax.Var):
+                source[binding.var.name] = source.get(arg.name, arg.name)
+    return source
+
+
+def select_plan(
+    mod: tvm.IRModule,
+    budget: int | float | str,
+    target: Any,
+    *,
+    func_name: str = "main",
+    cost_model: CostModel | None = None,
+    beam_width: int = 3,
+    top_k: int = 3,
+    max_chunks: int = 64,
+    max_stages: int = 64,
+    strict: bool = True,
+    headroom: float = 0.01,
+    tune: bool = False,
+    bounds: Mapping[str, int] | None = None,
+    estimator: PlanEstimator | None = None,
+) -> Selection:
+    """Choose the chunk plan that brings the function's peak under ``budget`` at the least
+    predicted speed loss.
+
+    Parameters
+    ----------
+    mod
+        High-level Relax module (before legalization).
+    budget
+        Bytes (int), a fraction of the unchunked peak (float in (0, 1]) or a string such as
+        ``"2GiB"`` or ``"20%"``; see :func:`~.budget.parse_budget`.
+    target
+        What the module will be built for; memory is predicted for its pipeline.
+    cost_model
+        Default: the fitted :meth:`CostModel.default`.
+    beam_width, top_k
+        Plans kept per stage, and candidate regions tried per plan and stage.
+    max_chunks
+        Chunk count at which regions are tried before relaxing (the finest the search goes).
+    max_stages
+        At most this many regions are added one after the other.
+    strict
+        If the budget cannot be met: raise :class:`BudgetUnreachableError` (``True``), or warn
+        and return the plan with the smallest peak found (``False``).
+    headroom
+        Plans are sized to ``budget * (1 - headroom)``: the memory estimate agrees with
+        measurement to about 1% (``benchmarks/results/memory_agreement.md``), so a plan sized
+        exactly at the budget could measure just above it.
+    tune
+        Build the plans that fit (up to ``beam_width``, relaxed) and keep the one that runs
+        fastest on the target's device, instead of the cheapest by the cost model.
+
+    Returns
+    -------
+    Selection
+        An empty plan when the unchunked build already fits.
+    """
+    began = time.perf_counter()
+    est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
+    if not isinstance(est.func, relax.Function):
+        raise TypeError(f"{func_name!r} is not a Relax function")
+    if not 0.0 <= headroom < 1.0:
+        raise ValueError(f"headroom must be in [0, 1), got {headroom}")
+    baseline = est.estimate(())
+    limit = parse_budget(budget, baseline.peak)
+    root = _State((), baseline)
+    if baseline.peak <= limit:
+        return _selection(root, [], limit, baseline, est, began, reached=True)
+    limit_eff = int(limit * (1.0 - headroom))
+    selector = _Selector(est, limit_eff, cost_model or CostModel.default(), top_k, max_chunks)
+    finished, explored = _beam(selector, root, beam_width, max_stages)
+    if not finished:
+        # The search follows the budget. For the smallest reachable peak, follow the least
+        # memory (a 1-byte budget); if that fits the budget (not the headroom), relax to it.
+        _, lowest = _beam(selector.with_budget(1), root, beam_width, max_stages)
+        explored += lowest
+        best = min(explored, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
+        if best.estimate.peak <= limit:
+            finished = [best]
+            selector = selector.with_budget(max(limit_eff, best.estimate.peak))
+    if finished:
+        relaxed = list({s.steps: s for s in map(selector.relax, finished[:beam_width])}.values())
+        relaxed.sort(key=lambda s: (selector.cost(s.steps), s.estimate.peak))
+        chosen = relaxed[0]
+        if tune and len(relaxed) > 1:
+            from .tune import fastest
+
+            best, _ = fastest([est.lower(s.steps) for s in relaxed], est.target, func_name)
+            chosen = relaxed[best]
+        return _selection(chosen, selector, limit, baseline, est, began, reached=True)
+    chosen = min(explored, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
+    message = (
+        f"no chunk plan brings the peak under the budget of {limit} bytes "
+        f"({limit / 2**20:.1f} MiB); the smallest peak found is {chosen.estimate.peak} bytes "
+        f"({chosen.estimate.peak / 2**20:.1f} MiB, unchunked {baseline.peak / 2**20:.1f} "
+        "MiB). Give a budget of at least that, or strict=False to build the smallest plan found"
+    )
+    if strict:
+        raise BudgetUnreachableError(message, chosen.estimate.peak, limit)
+    warnings.warn(message, stacklevel=2)
+    return _selection(chosen, selector, limit, baseline, est, began, reached=False)
+
+
+def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
+    """The staged beam search: ``(plans that fit, every plan made)``."""
+    budget = selector.budget
+    finished: list[_State] = []
+    explored: list[_State] = [root]
+    beam = [root]
+    for stage in range(max_stages):
+        merged: dict[tuple, _State] = {}
+        for state in beam:
+            for child in selector.expand(state):
+                merged.setdefault(child.steps, child)
+        explored.extend(merged.values())
+        finished += [c for c in merged.values() if c.estimate.peak <= budget]
+        going = [c for c in merged.values() if c.estimate.peak > budget]
+        going.sort(key=lambda s: (s.estimate.excess(budget), selector.cost(s.steps)))
+        beam = going[: max(0, beam_width - len(finished))]
+        logger.info(
+            "select: stage %d, %d plans, %d fit, smallest peak %.1f MiB (budget %.1f MiB)",
+            stage + 1,
+            len(merged),
+            len(finished),
+            min((c.estimate.peak for c in merged.values()), default=0) / 2**20,
+            budget / 2**20,
+        )
+        if not beam:
+            break
+    return finished, explored
+
+
+def _selection(state, selector, limit, baseline, est, began, *, reached) -> Selection:
+    costs = (
+        tuple(selector.step_cost(s.candidate, s.chunk_len) for s in state.steps) if selector else ()
+    )
+    plan = ChunkPlan(state.steps, state.estimate.peak, 1.0 + sum(costs))
+    return Selection(
+        plan=plan,
+        budget=limit,
+        unchunked_peak=baseline.peak,
+        reached=reached,
+        step_costs=costs,
+        evaluated=est.evaluated,
+        seconds=time.perf_counter() - began,
+        estimate=state.estimate,
+        baseline=baseline,
+    )

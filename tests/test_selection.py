@@ -1,0 +1,253 @@
+"""Stage 3 (selection), the AutoChunk pass and the one-call build.
+
+Unit tests run on plain values (budgets, the chunk-length search, the cost model); the
+selection tests run on a 2-layer GPT whose attention scores dominate memory.
+"""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from conftest import run_on_vm
+from tvm import relax
+
+import autochunk_tvm as ac
+from autochunk_tvm.analysis.flops import call_flops
+from autochunk_tvm.search.flow import flat_bindings
+from autochunk_tvm.selection import (
+    BudgetUnreachableError,
+    CostModel,
+    PlanEstimator,
+    parse_budget,
+    select_plan,
+)
+from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE
+from autochunk_tvm.selection.select import _largest_fitting
+
+MIB = 1 << 20
+
+
+# -- budgets ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        (123456, 123456),
+        (0.25, 250),
+        (1.0, 1000),
+        ("2GiB", 2 * 2**30),
+        ("512MB", 512 * 10**6),
+        ("1.5 gib", int(1.5 * 2**30)),
+        ("64KiB", 64 * 1024),
+        ("100", 100),
+        ("20%", 200),
+    ],
+)
+def test_budget_forms(budget, expected):
+    assert parse_budget(budget, unchunked_peak=1000) == expected
+
+
+@pytest.mark.parametrize("budget", [0, -5, 0.0, 1.5, True, "two gigs", "5 parsecs", "", None])
+def test_bad_budgets_say_what_to_write(budget):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(budget, unchunked_peak=1000)
+
+
+def test_fraction_needs_the_unchunked_peak():
+    with pytest.raises(ValueError, match="unchunked peak"):
+        parse_budget(0.5)
+
+
+def test_unreachable_error_keeps_its_numbers_across_the_ffi():
+    @tvm.transform.module_pass(opt_level=0, name="raises")
+    def raises(mod, _ctx):
+        raise BudgetUnreachableError("too small", smallest_peak=4096, budget=100)
+
+    with pytest.raises(BudgetUnreachableError) as info:
+        raises(tvm.IRModule())
+    assert (info.value.smallest_peak, info.value.budget) == (4096, 100)
+
+
+# -- chunk length: doubling, then bisection on the estimate --------------------------------
+@pytest.mark.parametrize("extent", [1000, 1024, 37, 7])
+@pytest.mark.parametrize("target", [150, 400, 999, 10_000])
+def test_largest_fitting_chunk_length_is_exact(extent, target):
+    def held(length):  # X + Y + A * length, with a page-like step
+        return 100 + 7 * length + (length % 3)
+
+    seen = {}
+    got = _largest_fitting(lambda n: seen.setdefault(n, held(n)), target, extent, seen)
+    fitting = [n for n in range(1, extent + 1) if held(n) <= target]
+    assert got == (max(fitting) if fitting else None)
+    assert len(seen) <= 2 * math.ceil(math.log2(extent)) + 4  # estimates, not a scan
+
+
+# -- cost model ---------------------------------------------------------------------------
+def test_shipped_weights_are_fitted_and_non_negative():
+    data = json.loads(WEIGHTS_FILE.read_text())
+    assert set(data["weights"]) == set(TERMS)
+    assert all(w >= 0 for w in data["weights"].values())
+    assert data["samples"] >= 20 and data["fitted_by"] == "benchmarks/fit_cost_model.py"
+
+
+def test_cost_terms_switch_off():
+    model = CostModel({t: 1.0 for t in TERMS})
+    assert model.without("node", "flop").terms == ("density", "stride")
+    with pytest.raises(ValueError, match="unknown cost terms"):
+        CostModel({"latency": 1.0})
+
+
+def test_flops_of_contractions():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8, 16), "float32"))
+    w = relax.Var("w", relax.TensorType((16, 32), "float32"))
+    img = relax.Var("img", relax.TensorType((1, 3, 10, 10), "float32"))
+    k = relax.Var("k", relax.TensorType((4, 3, 3, 3), "float32"))
+    with bb.function("main", [x, w, img, k]):
+        mm = bb.emit(relax.op.matmul(x, w))
+        conv = bb.emit(relax.op.nn.conv2d(img, k))
+        sm = bb.emit(relax.op.nn.softmax(mm))
+        bb.emit_func_output(relax.Tuple([conv, sm]))
+    calls = [b.value for b in flat_bindings(bb.get()["main"])]
+    assert call_flops(calls[0]) == 2 * 2 * 8 * 32 * 16
+    assert call_flops(calls[1]) == 2 * (1 * 4 * 8 * 8) * (3 * 3 * 3)
+    assert call_flops(calls[2]) == 5 * 2 * 8 * 32
+
+
+# -- selection on a GPT whose attention scores dominate ------------------------------------
+@pytest.fixture(scope="module")
+def gpt():
+    model, args = ac.models.gpt("small", seq_len=1024, n_layer=2)
+    mod = ac.from_torch(model, args)
+    return model, args, mod, PlanEstimator(mod, "llvm")
+
+
+def test_selection_meets_the_budget_with_one_region_per_attention(gpt):
+    _, _, mod, est = gpt
+    sel = select_plan(mod, 0.5, "llvm", estimator=est)
+    assert sel.reached and sel.plan.estimated_peak <= sel.budget
+    assert sel.budget == int(0.5 * sel.unchunked_peak)
+    # both layers' attention scores are chunked over queries; nothing else is needed
+    assert len(sel.plan.steps) == 2
+    for step in sel.plan.steps:
+        names = [b.var.name for b in est.bindings[step.candidate.start : step.candidate.end + 1]]
+        ops = {ac_op(est.bindings[est.index[n]]) for n in names}
+        assert {"relax.matmul", "relax.nn.softmax"} <= ops
+        assert step.candidate.extent == 1024 and 2 <= step.n_chunks < 64
+    assert 1.0 <= sel.plan.estimated_cost < 1.1
+    # the estimate is what the lowered module allocates
+    lowered = ac.lower_chunk_plan(mod, sel.plan, "llvm")
+    assert ac.static_allocation(lowered).peak_bytes == sel.plan.estimated_peak
+
+
+def ac_op(binding):
+    return getattr(getattr(binding.value, "op", None), "name", "")
+
+
+def test_chunk_lengths_are_the_largest_that_fit(gpt):
+    _, _, mod, est = gpt
+    sel = select_plan(mod, 0.5, "llvm", estimator=est, headroom=0.0)
+    steps = list(sel.plan.steps)
+    for k, step in enumerate(steps):
+        if step.chunk_len == step.candidate.extent:
+            continue
+        bigger = steps[:k] + [ac.ChunkStep(step.candidate, step.chunk_len + 1)] + steps[k + 1 :]
+        assert est.estimate(tuple(bigger)).peak > sel.budget
+
+
+def test_tighter_budgets_chunk_more(gpt):
+    _, _, mod, est = gpt
+    peaks = [select_plan(mod, f, "llvm", estimator=est).plan.estimated_peak for f in (0.5, 0.2)]
+    assert peaks[1] < peaks[0]
+    assert peaks[1] <= 0.2 * est.estimate(()).peak
+
+
+def test_unreachable_budget_reports_the_smallest_peak(gpt):
+    _, _, mod, est = gpt
+    with pytest.raises(BudgetUnreachableError, match="smallest peak found") as info:
+        select_plan(mod, 0.01, "llvm", estimator=est)
+    smallest = info.value.smallest_peak
+    assert 0 < smallest < est.estimate(()).peak and info.value.budget < smallest
+    with pytest.warns(UserWarning, match="no chunk plan"):
+        sel = select_plan(mod, 0.01, "llvm", estimator=est, strict=False)
+    assert not sel.reached and sel.plan.estimated_peak == smallest
+    # the reported minimum is itself a budget that can be met
+    assert select_plan(mod, smallest, "llvm", estimator=est).reached
+
+
+def test_budget_above_the_unchunked_peak_changes_nothing(gpt):
+    _, _, mod, est = gpt
+    sel = select_plan(mod, "1TiB", "llvm", estimator=est)
+    assert sel.plan.steps == () and sel.reached
+    assert ac.transform.AutoChunk("1TiB", target="llvm")(mod).same_as(mod)
+    assert ac.transform.AutoChunk(1.0, target="llvm")(mod).same_as(mod)
+
+
+def test_report_names_regions_and_draws_the_profile(gpt, tmp_path):
+    _, _, mod, est = gpt
+    sel = select_plan(mod, 0.5, "llvm", estimator=est)
+    report = ac.PlanReport.of(mod, sel)
+    text = str(report)
+    assert "2 region(s) chunked" in text and "softmax" in text and "budget" in text
+    assert [r.n_chunks for r in report.regions] == [s.n_chunks for s in sel.plan.steps]
+    assert all(r.bytes_after <= r.bytes_before for r in report.regions)
+    json.dumps(report.to_dict())
+    assert report.plot(str(tmp_path / "plan.png")).endswith("plan.png")
+    assert (tmp_path / "plan.png").stat().st_size > 0
+
+
+# -- the pass, the pipeline and the build ----------------------------------------------------
+def test_autochunk_pass_in_a_pipeline_with_the_target_scope(gpt):
+    _, args, mod, _ = gpt
+    seen = []
+    seq = tvm.transform.Sequential(
+        [ac.transform.AutoChunk("50%", on_selection=seen.append), relax.transform.Normalize()]
+    )
+    before = mod.script()
+    with tvm.target.Target("llvm"):
+        chunked = seq(mod)
+    assert mod.script() == before  # the caller's module is untouched
+    assert len(seen) == 1 and len(seen[0].plan.steps) == 2
+    composites = [
+        gv for gv, f in chunked.functions.items() if "autochunk.composite" in (f.attrs or {})
+    ]
+    assert len(composites) == 2
+    np.testing.assert_allclose(
+        run_on_vm(chunked, args)[0], run_on_vm(mod, args)[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_autochunk_needs_a_target_and_a_valid_budget(gpt):
+    _, _, mod, _ = gpt
+    with pytest.raises(ValueError, match="needs the build target"):
+        ac.transform.AutoChunk(0.5)(mod)
+    with pytest.raises(ValueError, match="cannot read budget"):
+        ac.transform.AutoChunk("lots", target="llvm")(mod)
+
+
+def test_registered_pipeline_and_one_call_build_agree(gpt):
+    _, args, mod, _ = gpt
+    ex1 = relax.build(mod, "llvm", relax_pipeline=relax.get_pipeline("autochunk", budget=0.5))
+    ex2 = ac.build(mod, "llvm", budget=0.5)
+    outs = []
+    for ex in (ex1, ex2, ac.build(mod, "llvm")):
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(args[0].numpy()))[0].numpy())
+    np.testing.assert_allclose(outs[0], outs[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[1], outs[2], rtol=1e-5, atol=1e-5)
+
+
+def test_build_rejects_what_is_not_a_module():
+    with pytest.raises(TypeError, match="from_torch"):
+        ac.build(torch.nn.Linear(2, 2), "llvm", budget=0.5)
+
+
+def test_tune_times_plans_on_the_cpu(gpt):
+    _, _, mod, est = gpt
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel = select_plan(mod, 0.5, "llvm", estimator=est, tune=True)
+    assert sel.reached and sel.plan.steps
