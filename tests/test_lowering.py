@@ -129,6 +129,16 @@ def test_zoo_region_every_chunk_count(zoo, key):
             np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5, err_msg=f"{key} n={count}")
 
 
+def test_single_kernel_region_without_temporaries(zoo):
+    """A region of one kernel has one output and no chunk-sized storage: its call_tir returns
+    the tensor itself, not a 1-tuple."""
+    mod, args, _ = zoo("gpt-attention")
+    bindings = flat_bindings(mod["main"])
+    at = next(i for i, b in enumerate(bindings) if op_name(b) == "relax.nn.softmax")
+    single = next(c for c in search_chunk_candidates(mod, centre=at) if c.start == c.end == at)
+    _check(mod, args, ChunkPlan.of((single, max(1, single.extent - 1))))
+
+
 def test_two_regions_in_one_plan(zoo):
     """Search looks around the peak only; the second layer's attention is traced by hand."""
     mod, args, _ = zoo("gpt-attention")

@@ -131,6 +131,15 @@ def as_target(target: Any) -> tvm.target.Target:
     return tvm.target.Target(target)
 
 
+def split_at_legalize(
+    passes: list[tvm.transform.Pass],
+) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+    """``passes`` cut after ``LegalizeOps``: what rewrites high-level ops, and the rest."""
+    names = [p.info.name for p in passes]
+    cut = names.index("LegalizeOps") + 1
+    return passes[:cut], passes[cut:]
+
+
 def lower_to_memory_plan(mod: tvm.IRModule, target: Any = "llvm") -> tvm.IRModule:
     """Run what ``relax.build`` runs for ``target``, through ``StaticPlanBlockMemory``."""
     tgt = as_target(target)
@@ -216,7 +225,17 @@ def static_allocation(
     prediction; at the bound the two agree.
     """
     tgt = as_target(target)
-    lowered = lower_to_memory_plan(mod, tgt)
+    return allocation_of_planned(lower_to_memory_plan(mod, tgt), tgt, func_name, bounds)
+
+
+def allocation_of_planned(
+    lowered: tvm.IRModule,
+    target: tvm.target.Target,
+    func_name: str = "main",
+    bounds: Mapping[str, int] | None = None,
+) -> StaticAllocation:
+    """:func:`static_allocation` of a module already lowered through memory planning."""
+    tgt = target
     func = lowered[func_name]
     workspace = lowered_workspace_allocations(lowered, tgt)
     live = analyse_liveness(lowered, func, bounds, workspace)

@@ -90,12 +90,22 @@ def _flow(cand: ChunkCandidate):
 
 
 def lower_chunk_plan(
-    mod: tvm.IRModule, plan: ChunkPlan, target: Any, *, cache: dict | None = None
+    mod: tvm.IRModule,
+    plan: ChunkPlan,
+    target: Any,
+    *,
+    cache: dict | None = None,
+    legalized: tvm.IRModule | None = None,
 ) -> tvm.IRModule:
     """A new module with every region of ``plan`` replaced by one chunk-loop composite.
 
     ``cache`` (a dict the caller keeps) reuses lowered regions across calls on the same
     module and target; selection lowers many plans that share steps.
+
+    ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with the same bindings by
+    position and name. The composites are then spliced into its functions, and the result is
+    the legalized form of the chunked module, without legalizing the whole module again (what
+    selection's memory estimates need, many times over).
     """
     tgt = as_target(target)
     validate_plan(mod, plan)
@@ -105,6 +115,10 @@ def lower_chunk_plan(
     by_function: dict[str, list[ChunkStep]] = {}
     for step in plan.steps:
         by_function.setdefault(step.candidate.function, []).append(step)
+    if legalized is not None:
+        adder = relax.BlockBuilder(
+            tvm.IRModule(dict(legalized.functions.items()), attrs=legalized.attrs)
+        )
     rewritten = {}
     for name, steps in by_function.items():
         func = mod[name]
@@ -119,7 +133,10 @@ def lower_chunk_plan(
                 composite, region = cache[key]
             gv = adder.add_func(composite, f"chunked_{region.outputs[0].var.name}")
             lowered.append((step, region, gv))
-        rewritten[name] = _rewrite(name, func, lowered)
+        if legalized is None:
+            rewritten[name] = _rewrite(name, func, lowered)
+        else:
+            rewritten[name] = _rewrite(name, legalized[name], lowered, source=func)
     out = adder.get()
     for name, func in rewritten.items():
         out[name] = func
@@ -176,17 +193,39 @@ def _same_constants(a, b) -> bool:
     return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
 
 
-def _rewrite(name: str, func: relax.Function, lowered: list) -> relax.Function:
-    """``func`` rebuilt with each lowered region replaced by its composite call."""
+def _rewrite(
+    name: str, func: relax.Function, lowered: list, source: relax.Function | None = None
+) -> relax.Function:
+    """``func`` rebuilt with each lowered region replaced by its composite call.
+
+    ``source``: the high-level function the regions were lowered from, when ``func`` is its
+    legalized form (the same bindings, by position and name, with legalized values). The
+    regions' inputs and hoisted bindings name ``source``'s variables; they are matched to
+    ``func``'s by name.
+    """
     at_start = {step.candidate.start: (step, low, gv) for step, low, gv in lowered}
     bb = relax.BlockBuilder()
     env: dict[relax.Expr, relax.Expr] = {}
+    same: dict[str, relax.Var] = {}  # name -> source variable, when func is not the source
+    if source is not None:
+        same = {p.name: p for p in source.params}
+        same.update({b.var.name: b.var for b in flat_bindings(source)})
+        for param in func.params:
+            if param.name in same:
+                env[same[param.name]] = param
+    own = {b.var.name: b for b in flat_bindings(func)}
     attrs = dict(func.attrs) if func.attrs is not None else None
     private = not (func.attrs and "global_symbol" in func.attrs)
     position = 0
     in_region = set()
     for step, _, _ in lowered:
         in_region.update(range(step.candidate.start, step.candidate.end + 1))
+
+    def emit(var: relax.Var, value: relax.Expr, dataflow: bool) -> None:
+        _emit(bb, env, var, substitute(value, env), dataflow)
+        if var.name in same:
+            env[same[var.name]] = env[var]
+
     with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure, private=private):
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
@@ -195,9 +234,13 @@ def _rewrite(name: str, func: relax.Function, lowered: list) -> relax.Function:
                     index = position
                     position += 1
                     if index in at_start:
-                        _emit_composite(bb, env, *at_start[index], dataflow)
+                        step, low, gv = at_start[index]
+                        for hoisted in low.region.hoisted:
+                            mine = own[hoisted.var.name]
+                            emit(mine.var, mine.value, dataflow)
+                        _emit_composite(bb, env, low, gv, dataflow, own, same)
                     if index not in in_region:
-                        _emit(bb, env, binding.var, substitute(binding.value, env), dataflow)
+                        emit(binding.var, binding.value, dataflow)
         bb.emit_func_output(substitute(func.body.body, env))
     return bb.get()[name]
 
@@ -209,9 +252,7 @@ def _emit(bb, env, var: relax.Var, value: relax.Expr, dataflow: bool) -> None:
         env[var] = bb.emit(value, var.name)
 
 
-def _emit_composite(bb, env, step: ChunkStep, low: _Lowered, gv, dataflow: bool) -> None:
-    for binding in low.region.hoisted:
-        _emit(bb, env, binding.var, substitute(binding.value, env), dataflow)
+def _emit_composite(bb, env, low: _Lowered, gv, dataflow: bool, own, same) -> None:
     args = [substitute(i.value, env) for i in low.region.inputs] + list(low.constants)
     out_ty = [o.ty for o in low.outputs] + [
         relax.TensorType([size], dtype) for dtype, size in low.storages
@@ -219,11 +260,17 @@ def _emit_composite(bb, env, step: ChunkStep, low: _Lowered, gv, dataflow: bool)
     call = relax.call_tir(gv, args, out_ty)
     result = bb.emit(call, f"chunked_{low.outputs[0].var.name}")
     by_var: dict[relax.Var, dict[int | None, relax.Expr]] = {}
+    # call_tir with a single output returns that tensor, not a 1-tuple
+    single = len(out_ty) == 1
     for k, out in enumerate(low.outputs):
-        by_var.setdefault(out.var, {})[out.field] = relax.TupleGetItem(result, k)
+        value = result if single else relax.TupleGetItem(result, k)
+        by_var.setdefault(out.var, {})[out.field] = value
     for var, fields in by_var.items():
         if None in fields:
             value = fields[None]
         else:
             value = relax.Tuple([fields[i] for i in range(len(fields))])
-        _emit(bb, env, var, value, dataflow)
+        mine = own[var.name].var
+        _emit(bb, env, mine, value, dataflow)
+        if var.name in same:
+            env[same[var.name]] = env[mine]

@@ -21,7 +21,13 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from ..analysis.planned import StaticAllocation, as_target, static_allocation
+from ..analysis.planned import (
+    StaticAllocation,
+    allocation_of_planned,
+    as_target,
+    memory_plan_passes,
+    split_at_legalize,
+)
 from ..lowering import ChunkPlan, ChunkStep, lower_chunk_plan
 from ..search.flow import flat_bindings
 
@@ -109,6 +115,16 @@ class PlanEstimator:
         self.bounds = dict(bounds) if bounds else None
         self._regions: dict = {}
         self._estimates: dict[tuple, PlanEstimate] = {}
+        # NOTE [legalize once]: legalizing the whole module dominates an estimate. The passes
+        # up to LegalizeOps run once; each plan's composites are spliced into the result and
+        # only the passes after it run per plan. LegalizeOps rewrites binding by binding and
+        # keeps every binding's name, which the splice relies on (checked here).
+        with self.target:
+            self._front, self._back = split_at_legalize(memory_plan_passes(self.target))
+            self._legal = tvm.transform.Sequential(self._front)(mod)
+        legal = [b.var.name for b in flat_bindings(self._legal[func_name])]
+        if legal != [b.var.name for b in self.bindings]:
+            self._legal = None  # fall back to legalizing every plan in full
 
     @property
     def evaluated(self) -> int:
@@ -120,19 +136,30 @@ class PlanEstimator:
         found = self._estimates.get(key)
         if found is not None:
             return found
-        if key:
-            lowered = lower_chunk_plan(self.mod, ChunkPlan(key), self.target, cache=self._regions)
-        else:
-            lowered = self.mod
-        allocation = static_allocation(
-            lowered, self.target, func_name=self.func_name, bounds=self.bounds
-        )
+        with self.target:
+            if not key:
+                front = self._legal or tvm.transform.Sequential(self._front)(self.mod)
+            elif self._legal is not None:
+                front = lower_chunk_plan(
+                    self.mod,
+                    ChunkPlan(key),
+                    self.target,
+                    cache=self._regions,
+                    legalized=self._legal,
+                )
+            else:
+                chunked = lower_chunk_plan(
+                    self.mod, ChunkPlan(key), self.target, cache=self._regions
+                )
+                front = tvm.transform.Sequential(self._front)(chunked)
+            lowered = tvm.transform.Sequential(self._back)(front)
+        allocation = allocation_of_planned(lowered, self.target, self.func_name, self.bounds)
         estimate = PlanEstimate(key, allocation, self._positions(allocation.bindings))
         self._estimates[key] = estimate
         return estimate
 
     def lower(self, steps: tuple[ChunkStep, ...]) -> tvm.IRModule:
-        """The module with ``steps`` applied (reusing the regions lowered for estimates)."""
+        """The high-level module with ``steps`` applied (reusing the lowered regions)."""
         if not steps:
             return self.mod
         key = tuple(sorted(steps, key=lambda s: s.candidate.start))
