@@ -1,13 +1,10 @@
 """End to end on every zoo model: AutoChunk at half the unchunked peak gives the same outputs,
 its build measures within the budget in a fresh process, and it chunks the regions expected.
 
-Sizes are small enough for CI. The memory check allows ``SLACK``: the static estimate that
-selection sizes plans with is within ~1% of measurement for unchunked builds and single
-regions, but on some chunked plans the measurement is up to ~2 MiB above it (GPT: 30.9 MiB
-measured against 29.0 estimated; evoformer +0.8 MiB; UNet, whose unchunked build is also
-0.7 MiB above its estimate at this size, +1.0 MiB). The gap is an open bug in the estimate
-(issue 5's note), not noise; the slack keeps the test meaningful (it still demands about half
-the unchunked peak) without hiding that.
+Sizes are small enough for CI. Selection sizes plans to 97% of the budget (its default
+headroom): the static estimate is within ~1% of measurement for unchunked builds, and has
+measured up to ~3% low on chunked plans (GPT 28.95 MiB estimated, 29.36 measured; Evoformer
+18.36 and 18.87; ViT 25.92 and 26.05).
 """
 
 import numpy as np
@@ -18,12 +15,12 @@ from tvm import relax
 import autochunk_tvm as ac
 from autochunk_tvm.runtime.measure import to_numpy
 
-SLACK = int(2.5 * 2**20)
 
 CASES = {
     # model: (preset overrides, regions AutoChunk chunks at 50%, and why)
-    # one attention-scores region per block: the (S, S) scores are the peak of each block
-    "gpt": ({"seq_len": 1024, "n_layer": 2}, 2),
+    # per block, the attention scores, then the MLP (its GELU keeps two hidden-size
+    # buffers of workspace) once the scores are chunked
+    "gpt": ({"seq_len": 1024, "n_layer": 2}, 4),
     "vit": ({"image_size": 256}, 2),
     # MSA row attention with pair bias, MSA column attention, and the triangle attention
     # around the ending node: the three places where a (heads, N, N) tensor is live
@@ -70,5 +67,5 @@ def test_autochunk_at_half_the_peak(name):
         f"{sel.plan.estimated_peak / 2**20:.2f}, measured {measured / 2**20:.2f} "
         f"(unchunked {unchunked / 2**20:.2f})"
     )
-    assert measured <= sel.budget + SLACK
+    assert measured <= sel.budget
     assert measured <= 0.6 * unchunked

@@ -336,7 +336,7 @@ def select_plan(
     max_chunks: int = 64,
     max_stages: int = 64,
     strict: bool = True,
-    headroom: float = 0.01,
+    headroom: float = 0.03,
     tune: bool = False,
     bounds: Mapping[str, int] | None = None,
     estimator: PlanEstimator | None = None,
@@ -365,9 +365,10 @@ def select_plan(
         If the budget cannot be met: raise :class:`BudgetUnreachableError` (``True``), or warn
         and return the plan with the smallest peak found (``False``).
     headroom
-        Plans are sized to ``budget * (1 - headroom)``: the memory estimate agrees with
-        measurement to about 1% (``benchmarks/results/memory_agreement.md``), so a plan sized
-        exactly at the budget could measure just above it.
+        Plans are sized to ``budget * (1 - headroom)``. The memory estimate is within ~1% of
+        measurement for unchunked builds (``benchmarks/results/memory_agreement.md``), but
+        measures up to ~3% above it on chunked plans (``tests/test_autochunk_e2e.py``): a
+        plan sized exactly at the budget could measure just above it.
     tune
         Build the plans that fit (up to ``beam_width``, relaxed) and keep the one that runs
         fastest on the target's device, instead of the cheapest by the cost model.
