@@ -230,6 +230,8 @@ def test_autochunk_needs_a_target_and_a_valid_budget(gpt):
         ac.transform.AutoChunk(0.5)(mod)
     with pytest.raises(ValueError, match="cannot read budget"):
         ac.transform.AutoChunk("lots", target="llvm")(mod)
+    with pytest.raises(TypeError, match="unknown option"):
+        ac.transform.AutoChunk(0.5, target="llvm", beam=4)
 
 
 def test_registered_pipeline_and_one_call_build_agree(gpt):

@@ -79,7 +79,16 @@ def AutoChunk(
     A budget the unchunked build already meets returns the module unchanged (the same
     object). On any error the input module is unchanged.
     """
+    import inspect
+
     from ..selection import select_plan
+
+    known = set(inspect.signature(select_plan).parameters) - {"mod", "budget", "target"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(
+            f"AutoChunk got unknown option(s) {sorted(unknown)}; the options are {sorted(known)}"
+        )
 
     @tvm.transform.module_pass(opt_level=0, name="autochunk.AutoChunk")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
