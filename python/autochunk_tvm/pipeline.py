@@ -32,14 +32,15 @@ def autochunk_pipeline(budget: int | float | str, target: Any = None, **options:
     to the current target scope (``relax.build`` opens one); ``options`` go to
     :func:`~autochunk_tvm.transform.AutoChunk`."""
 
+    chunk = AutoChunk(budget, target=target, **options)  # checks the options now
+
     @tvm.transform.module_pass(opt_level=0, name="autochunk.pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         tgt = as_target(target) if target is not None else tvm.target.Target.current()
         if tgt is None:
             raise ValueError("the autochunk pipeline needs a target: relax.build(mod, target)")
         with tgt:
-            mod = AutoChunk(budget, target=tgt, **options)(mod)
-            return _target_pipeline(tgt)(mod)
+            return _target_pipeline(tgt)(chunk(mod))
 
     return _pipeline
 
