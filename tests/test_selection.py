@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from conftest import run_on_vm
+from conftest import op_name, run_on_vm
 from tvm import relax
 
 import autochunk_tvm as ac
@@ -135,7 +135,7 @@ def test_selection_meets_the_budget_with_attention_and_mlp_per_block(gpt):
     kinds = []
     for step in sel.plan.steps:
         region = est.bindings[step.candidate.start : step.candidate.end + 1]
-        ops = {ac_op(b) for b in region}
+        ops = {op_name(b) for b in region}
         kinds.append("attention" if "relax.nn.softmax" in ops else "mlp")
         assert "relax.nn.softmax" in ops or "relax.nn.gelu_tanh" in ops
         assert step.candidate.extent == 1024 and 2 <= step.n_chunks < 64
@@ -145,10 +145,6 @@ def test_selection_meets_the_budget_with_attention_and_mlp_per_block(gpt):
     lowered = ac.static_allocation(ac.lower_chunk_plan(mod, sel.plan, "llvm"))
     assert lowered.peak_bytes == sel.plan.estimated_peak
     assert lowered.footprint == sel.estimate.footprint
-
-
-def ac_op(binding):
-    return getattr(getattr(binding.value, "op", None), "name", "")
 
 
 def test_chunk_lengths_are_the_largest_that_fit(gpt):

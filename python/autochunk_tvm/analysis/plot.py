@@ -46,9 +46,16 @@ def plot_profiles(profiles: Sequence[MemoryProfile], path: str, title: str | Non
     ax.set_ylabel("live activation memory (MiB)")
     first = profiles[0]
     ax.set_title(title or f"activation memory of {first.function}")
+    return save_figure(fig, ax, path, legend="upper right")
+
+
+def save_figure(fig, ax, path: str, legend: str) -> str:
+    """Finish a memory plot (y from 0, grid, legend) and write it to ``path``."""
+    import matplotlib.pyplot as plt
+
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc=legend, fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)

@@ -25,7 +25,7 @@ from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
 from ..search.flow import flat_bindings, trace_region
 from ..search.reference import substitute
 from .composite import CompositeBuilder, Variant
-from .plan import ChunkPlan, ChunkPlanError, ChunkStep
+from .plan import ChunkPlan, ChunkPlanError, ChunkStep, ordered_steps
 from .region import LoweringError, RegionFunction, region_function
 from .stages import legalize_region, walk_stages
 
@@ -123,7 +123,7 @@ def lower_chunk_plan(
     for name, steps in by_function.items():
         func = mod[name]
         lowered = []
-        for step in sorted(steps, key=lambda s: s.candidate.start):
+        for step in ordered_steps(steps):
             if cache is None:
                 composite, region = _lower_region(func, step, tgt)
             else:

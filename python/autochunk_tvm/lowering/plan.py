@@ -48,6 +48,11 @@ class ChunkStep:
         return -(-extent // self.chunk_len)
 
 
+def ordered_steps(steps) -> tuple[ChunkStep, ...]:
+    """Steps in program order (by region start): the one canonical order of a set of steps."""
+    return tuple(sorted(steps, key=lambda s: s.candidate.start))
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkPlan:
     """An ordered list of chunk steps, plus what selection estimated for it.

@@ -30,6 +30,7 @@ from ..analysis.planned import (
     split_at_legalize,
 )
 from ..lowering import ChunkPlan, ChunkStep, lower_chunk_plan
+from ..lowering.plan import ordered_steps
 from ..search.flow import flat_bindings
 
 
@@ -133,7 +134,7 @@ class PlanEstimator:
         return len(self._estimates)
 
     def estimate(self, steps: tuple[ChunkStep, ...] = ()) -> PlanEstimate:
-        key = tuple(sorted(steps, key=lambda s: s.candidate.start))
+        key = ordered_steps(steps)
         found = self._estimates.get(key)
         if found is not None:
             return found
@@ -163,7 +164,7 @@ class PlanEstimator:
         """The high-level module with ``steps`` applied (reusing the lowered regions)."""
         if not steps:
             return self.mod
-        key = tuple(sorted(steps, key=lambda s: s.candidate.start))
+        key = ordered_steps(steps)
         return lower_chunk_plan(self.mod, ChunkPlan(key), self.target, cache=self._regions)
 
     def _positions(self, names: tuple[str, ...]) -> tuple[int, ...]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from tvm import relax
 
 from ..analysis.memory import format_bytes
+from ..analysis.plot import save_figure
 from ..search.flow import flat_bindings
 from .select import Selection
 
@@ -140,14 +140,7 @@ class PlanReport:
         ax.set_xlabel("program (fraction of lowered bindings)")
         ax.set_ylabel("allocated (MiB)")
         ax.set_title(title or f"memory of {self.function} ({self.target}), predicted")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
-        return path
+        return save_figure(fig, ax, path, legend="upper left")
 
 
 def _op(binding: relax.Binding) -> str:

@@ -39,6 +39,7 @@ from tvm import relax
 from ..analysis.flops import is_view
 from ..analysis.memory import estimate_activation_memory
 from ..lowering import ChunkPlan, ChunkStep
+from ..lowering.plan import ordered_steps
 from ..search.candidate import ChunkCandidate
 from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
 from .budget import BudgetUnreachableError, parse_budget
@@ -90,10 +91,6 @@ class Selection:
 class _State:
     steps: tuple[ChunkStep, ...]  # ordered by region start
     estimate: PlanEstimate
-
-
-def _ordered(steps) -> tuple[ChunkStep, ...]:
-    return tuple(sorted(steps, key=lambda s: s.candidate.start))
 
 
 class _Selector:
@@ -220,7 +217,7 @@ class _Selector:
             children = []
             for cand in self.ranked(state, centre, self._legal(state, centre)):
                 kept = [s for s in state.steps if not cand.start <= s.candidate.start <= cand.end]
-                steps = _ordered([*kept, ChunkStep(cand, self.fine_length(cand))])
+                steps = ordered_steps([*kept, ChunkStep(cand, self.fine_length(cand))])
                 if steps == state.steps:
                     continue
                 estimate = self.est.estimate(steps)
@@ -236,19 +233,19 @@ class _Selector:
         steps = list(state.steps)
         for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
             others = [s for s in steps if s is not step]
-            if self.est.estimate(_ordered(others)).peak <= self.budget:
+            if self.est.estimate(ordered_steps(others)).peak <= self.budget:
                 steps = others
         for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
             others = [s for s in steps if s is not step]
             cand = step.candidate
 
             def peak(chunk_len: int, others=others, cand=cand) -> int:
-                return self.est.estimate(_ordered([*others, ChunkStep(cand, chunk_len)])).peak
+                return self.est.estimate(ordered_steps([*others, ChunkStep(cand, chunk_len)])).peak
 
             seen = {step.chunk_len: peak(step.chunk_len)}
             best = _largest_fitting(peak, self.budget, cand.extent, seen)
             steps = [*others, ChunkStep(cand, best if best is not None else step.chunk_len)]
-        steps = _ordered(steps)
+        steps = ordered_steps(steps)
         return _State(steps, self.est.estimate(steps))
 
     def _legal(self, state: _State, centre: int) -> list[ChunkCandidate]:
