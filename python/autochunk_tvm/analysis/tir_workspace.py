@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import tvm_ffi
 from tvm import tirx
 
 from .sizes import SizeExpr, dtype_bytes, is_zero
@@ -110,26 +111,56 @@ def _storage_passes() -> list:
     ]
 
 
+# NOTE [workspace cache]: selection estimates hundreds of plans of one module; each differs from
+# the unchunked module in a few composites, so almost every PrimFunc recurs unchanged. Results
+# are kept per (target, function) under the function's structural hash, confirmed by structural
+# equality, which makes a repeat cost one hash instead of a TIR lowering.
+_CACHE_LIMIT = 20000
+_cache: dict[tuple[str, int], list[tuple[tirx.PrimFunc, tuple[SizeExpr, ...]]]] = {}
+
+
 def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]]:
     """Global-scope allocations (bytes, in program order) each PrimFunc of ``mod`` makes once
     lowered for ``target``.
 
-    Only functions with internal allocations are lowered (the rest allocate nothing).
+    Every PrimFunc has an entry (empty when it allocates nothing); only functions with
+    internal allocations are lowered.
     """
     import tvm
 
-    candidates = {
-        gv: func
-        for gv, func in mod.functions.items()
-        if isinstance(func, tirx.PrimFunc) and not is_zero(workspace_bytes(func))
-    }
-    if not candidates:
-        return {}
-    with target:
-        lowered = tvm.transform.Sequential(_storage_passes())(
-            tirx.transform.BindTarget(target)(tvm.IRModule(candidates))
+    found: dict[str, tuple[SizeExpr, ...]] = {}
+    todo: dict = {}
+    keys: dict[str, tuple[str, int]] = {}
+    tag = str(target)
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        key = (tag, tvm_ffi.structural_hash(func))
+        hit = next(
+            (v for f, v in _cache.get(key, ()) if tvm_ffi.structural_equal(f, func)), None
         )
-    return {
-        gv.name_hint: tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
-        for gv, func in lowered.functions.items()
-    }
+        if hit is not None:
+            found[gv.name_hint] = hit
+            continue
+        keys[gv.name_hint] = key
+        if is_zero(workspace_bytes(func)):
+            _remember(key, func, ())
+            found[gv.name_hint] = ()
+        else:
+            todo[gv] = func
+    if todo:
+        with target:
+            lowered = tvm.transform.Sequential(_storage_passes())(
+                tirx.transform.BindTarget(target)(tvm.IRModule(todo))
+            )
+        for gv, func in lowered.functions.items():
+            sizes = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
+            _remember(keys[gv.name_hint], todo[mod.get_global_var(gv.name_hint)], sizes)
+            found[gv.name_hint] = sizes
+    return found
+
+
+def _remember(key, func, sizes) -> None:
+    if len(_cache) >= _CACHE_LIMIT:
+        _cache.clear()
+    _cache.setdefault(key, []).append((func, sizes))

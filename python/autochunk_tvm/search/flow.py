@@ -34,6 +34,29 @@ from .rules import rule_for, same_dim, shape_of, static
 _Setting = tuple[int | None, Fraction]
 _WHOLE: _Setting = (None, Fraction(1))
 
+# NOTE [rule cache]: a rule's answer depends only on the call (an immutable IR node) and the
+# output axis, and the search asks the same question of the same call in many overlapping
+# regions (GPT-small: 146k visits, a few thousand distinct). Answers, refusals included, are
+# kept per (call, axis); a call is keyed by identity, which holds it alive while cached.
+_RULE_CACHE_LIMIT = 200_000
+_rule_cache: dict[tuple[relax.Call, int], object] = {}
+
+
+def _arg_flows(call: relax.Call, axis: int):
+    key = (call, axis)
+    found = _rule_cache.get(key)
+    if found is None:
+        try:
+            found = rule_for(call)(call, axis)
+        except CantChunk as err:
+            found = err
+        if len(_rule_cache) >= _RULE_CACHE_LIMIT:
+            _rule_cache.clear()
+        _rule_cache[key] = found
+    if isinstance(found, CantChunk):
+        raise type(found)(*found.args)  # a fresh one: re-raising would grow its traceback
+    return found
+
 
 def constant_names(region: list[relax.Binding]) -> dict[relax.Expr, str]:
     """Stable names for the constants a region reads: ``"<binding>.arg<j>"`` of the first site
@@ -124,7 +147,7 @@ class _Tracer:
                 return
             if not isinstance(value.op, tvm.ir.Op):
                 raise CantChunk(f"{var.name} calls a function (barrier)")
-            flows = rule_for(value)(value, axis)
+            flows = _arg_flows(value, axis)
             for arg, arg_flow in zip(value.args, flows):
                 if isinstance(arg_flow, list):  # a tuple argument: one flow per field
                     for field, field_flow in zip(arg.fields, arg_flow):
