@@ -30,21 +30,29 @@ from .region import LoweringError, RegionFunction, region_function
 from .stages import legalize_region, walk_stages
 
 COMPOSITE_ATTR = "autochunk.composite"
+_TRACED = "traced"  # the key, in a caller's lowering cache, of the candidates already checked
 
 
-def validate_plan(mod: tvm.IRModule, plan: ChunkPlan) -> None:
-    """Raise :class:`ChunkPlanError` unless every step of ``plan`` applies to ``mod``."""
+def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None) -> None:
+    """Raise :class:`ChunkPlanError` unless every step of ``plan`` applies to ``mod``.
+
+    ``traced``: candidates whose chunk flow was already checked on this module (the caller's
+    set; candidates checked here are added). Positions, names and overlaps are always checked.
+    """
     if not isinstance(plan, ChunkPlan):
         raise ChunkPlanError(f"expected a ChunkPlan, got {type(plan).__name__}")
     taken: dict[str, list[tuple[int, int]]] = {}
     names = {gv.name_hint for gv in mod.get_global_vars()}
+    bindings_of: dict[str, list] = {}
     for number, step in enumerate(plan.steps):
         cand = step.candidate
         where = f"plan step {number} ({cand.function}[{cand.start}:{cand.end}])"
         if cand.function not in names or not isinstance(mod[cand.function], relax.Function):
             raise ChunkPlanError(f"{where}: the module has no Relax function {cand.function!r}")
         func = mod[cand.function]
-        bindings = flat_bindings(func)
+        if cand.function not in bindings_of:
+            bindings_of[cand.function] = flat_bindings(func)
+        bindings = bindings_of[cand.function]
         if cand.end >= len(bindings):
             raise ChunkPlanError(
                 f"{where}: the function has {len(bindings)} bindings; the plan was made for "
@@ -58,22 +66,10 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan) -> None:
                 f"{where}: names binding {bad!r}, which is not at that place in the function; "
                 "the plan was made for another module (search again on this one)"
             )
-        try:
-            traced = trace_region(
-                func,
-                cand.start,
-                cand.end,
-                {name: axis.axis for name, axis in cand.outputs},
-                function_name=cand.function,
-                bindings=bindings,
-            )
-        except CantChunk as err:
-            raise ChunkPlanError(f"{where}: the chunk flow does not allow these axes: {err}")
-        if _flow(traced) != _flow(cand):
-            raise ChunkPlanError(
-                f"{where}: the chunk flow does not allow the axes given; the legal flow for "
-                f"these outputs is {dict(traced.bindings)}"
-            )
+        if traced is None or cand not in traced:
+            _check_flow(func, cand, bindings, where)
+            if traced is not None:
+                traced.add(cand)
         extent = cand.extent
         if isinstance(extent, int) and not 1 <= step.chunk_len <= extent:
             raise ChunkPlanError(f"{where}: chunk_len {step.chunk_len} outside [1, {extent}]")
@@ -83,6 +79,25 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan) -> None:
             if cand.start <= hi and lo <= cand.end:
                 raise ChunkPlanError(f"{where}: overlaps the region [{lo}, {hi}] of another step")
         taken.setdefault(cand.function, []).append((cand.start, cand.end))
+
+
+def _check_flow(func, cand: ChunkCandidate, bindings, where: str) -> None:
+    try:
+        traced = trace_region(
+            func,
+            cand.start,
+            cand.end,
+            {name: axis.axis for name, axis in cand.outputs},
+            function_name=cand.function,
+            bindings=bindings,
+        )
+    except CantChunk as err:
+        raise ChunkPlanError(f"{where}: the chunk flow does not allow these axes: {err}")
+    if _flow(traced) != _flow(cand):
+        raise ChunkPlanError(
+            f"{where}: the chunk flow does not allow the axes given; the legal flow for "
+            f"these outputs is {dict(traced.bindings)}"
+        )
 
 
 def _flow(cand: ChunkCandidate):
@@ -99,8 +114,9 @@ def lower_chunk_plan(
 ) -> tvm.IRModule:
     """A new module with every region of ``plan`` replaced by one chunk-loop composite.
 
-    ``cache`` (a dict the caller keeps) reuses lowered regions across calls on the same
-    module and target; selection lowers many plans that share steps.
+    ``cache`` (a dict the caller keeps) reuses lowered regions, and the check of each
+    region's chunk flow, across calls on the same module and target; selection lowers many
+    plans that share steps.
 
     ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with the same bindings by
     position and name. The composites are then spliced into its functions, and the result is
@@ -108,17 +124,13 @@ def lower_chunk_plan(
     selection's memory estimates need, many times over).
     """
     tgt = as_target(target)
-    validate_plan(mod, plan)
-    # The BlockBuilder hands out GlobalVars typed with their callee's signature, which
-    # call_tir requires; it also picks unused names.
-    adder = relax.BlockBuilder(tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs))
+    validate_plan(mod, plan, None if cache is None else cache.setdefault(_TRACED, set()))
+    base = mod if legalized is None else legalized
+    functions = dict(base.functions.items())
+    taken = {gv.name_hint for gv in functions}
     by_function: dict[str, list[ChunkStep]] = {}
     for step in plan.steps:
         by_function.setdefault(step.candidate.function, []).append(step)
-    if legalized is not None:
-        adder = relax.BlockBuilder(
-            tvm.IRModule(dict(legalized.functions.items()), attrs=legalized.attrs)
-        )
     rewritten = {}
     for name, steps in by_function.items():
         func = mod[name]
@@ -131,21 +143,41 @@ def lower_chunk_plan(
                 if key not in cache:
                     cache[key] = _lower_region(func, step, tgt)
                 composite, region = cache[key]
-            gv = adder.add_func(composite, f"chunked_{region.outputs[0].var.name}")
+            gv = _global_var(composite, f"chunked_{region.outputs[0].var.name}", taken, cache)
+            functions[gv] = composite
+            taken.add(gv.name_hint)
             lowered.append((step, region, gv))
         if legalized is None:
             rewritten[name] = _rewrite(name, func, lowered)
         else:
             rewritten[name] = _rewrite(name, legalized[name], lowered, source=func)
-    out = adder.get()
+    out = tvm.IRModule(functions, attrs=base.attrs)
     for name, func in rewritten.items():
         out[name] = func
     return relax.transform.Normalize()(out)
 
 
+def _global_var(composite: tvm.tirx.PrimFunc, name: str, taken: set, cache: dict | None):
+    """A GlobalVar for ``composite`` under an unused name, typed with its signature (which
+    call_tir requires), reused from ``cache`` for the same function and name."""
+    unique, k = name, 0
+    while unique in taken:
+        k += 1
+        unique = f"{name}_{k}"
+    key = ("global_var", unique, composite)
+    if cache is not None and key in cache:
+        return cache[key]
+    # A builder over an empty module types the GlobalVar; one over the whole module would
+    # also hash every function in it to find duplicates, at every call.
+    gv = relax.BlockBuilder().add_func(composite, unique)
+    if cache is not None:
+        cache[key] = gv
+    return gv
+
+
 def _lower_region(func: relax.Function, step: ChunkStep, target) -> tuple:
     cand = step.candidate
-    full = region_function(func, cand, step.chunk_len)
+    full = region_function(func, cand, step.chunk_len, step.hoist)
     extent = cand.extent
     tail_len = None
     if isinstance(extent, int):
@@ -158,7 +190,7 @@ def _lower_region(func: relax.Function, step: ChunkStep, target) -> tuple:
     tail_variant = None
     tail_consts: tuple = ()
     if tail_len is not None:
-        tail = region_function(func, cand, tail_len)
+        tail = region_function(func, cand, tail_len, step.hoist)
         program = walk_stages(legalize_region(tail.func, target), n_inputs, target)
         tail_variant = Variant(program, tail_len if not isinstance(tail_len, int) else None)
         tail_consts = program.constants
@@ -202,30 +234,28 @@ def _rewrite(
     legalized form (the same bindings, by position and name, with legalized values). The
     regions' inputs and hoisted bindings name ``source``'s variables; they are matched to
     ``func``'s by name.
+
+    NOTE [keep the variables]: every binding outside the regions is re-emitted as it is, with
+    its own variable, and each region output keeps its variable too (bound to the composite's
+    result, which has the same type). Nothing after a region needs rewriting, so the cost is
+    one append per binding, not a substitution of every expression (selection rewrites the
+    whole function once per estimated plan).
     """
     at_start = {step.candidate.start: (step, low, gv) for step, low, gv in lowered}
-    bb = relax.BlockBuilder()
-    env: dict[relax.Expr, relax.Expr] = {}
-    same: dict[str, relax.Var] = {}  # name -> source variable, when func is not the source
-    if source is not None:
-        same = {p.name: p for p in source.params}
-        same.update({b.var.name: b.var for b in flat_bindings(source)})
-        for param in func.params:
-            if param.name in same:
-                env[same[param.name]] = param
     own = {b.var.name: b for b in flat_bindings(func)}
+    env: dict[relax.Expr, relax.Expr] = {}  # source variable -> func's variable
+    if source is not None:
+        params = {p.name: p for p in func.params}
+        env = {p: params[p.name] for p in source.params if p.name in params}
+        env.update({b.var: own[b.var.name].var for b in flat_bindings(source)})
     attrs = dict(func.attrs) if func.attrs is not None else None
     private = not (func.attrs and "global_symbol" in func.attrs)
-    position = 0
     in_region = set()
     for step, _, _ in lowered:
         in_region.update(range(step.candidate.start, step.candidate.end + 1))
 
-    def emit(var: relax.Var, value: relax.Expr, dataflow: bool) -> None:
-        _emit(bb, env, var, substitute(value, env), dataflow)
-        if var.name in same:
-            env[same[var.name]] = env[var]
-
+    bb = relax.BlockBuilder()
+    position = 0
     with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure, private=private):
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
@@ -234,25 +264,17 @@ def _rewrite(
                     index = position
                     position += 1
                     if index in at_start:
-                        step, low, gv = at_start[index]
+                        _, low, gv = at_start[index]
                         for hoisted in low.region.hoisted:
-                            mine = own[hoisted.var.name]
-                            emit(mine.var, mine.value, dataflow)
-                        _emit_composite(bb, env, low, gv, dataflow, own, same)
+                            bb.emit_normalized(own[hoisted.var.name])
+                        _emit_composite(bb, env, low, gv, own)
                     if index not in in_region:
-                        emit(binding.var, binding.value, dataflow)
-        bb.emit_func_output(substitute(func.body.body, env))
+                        bb.emit_normalized(binding)
+        bb.emit_func_output(func.body.body)
     return bb.get()[name]
 
 
-def _emit(bb, env, var: relax.Var, value: relax.Expr, dataflow: bool) -> None:
-    if dataflow and not isinstance(var, relax.DataflowVar):
-        env[var] = bb.emit_output(value, var.name)
-    else:
-        env[var] = bb.emit(value, var.name)
-
-
-def _emit_composite(bb, env, low: _Lowered, gv, dataflow: bool, own, same) -> None:
+def _emit_composite(bb, env, low: _Lowered, gv, own) -> None:
     args = [substitute(i.value, env) for i in low.region.inputs] + list(low.constants)
     out_ty = [o.ty for o in low.outputs] + [
         relax.TensorType([size], dtype) for dtype, size in low.storages
@@ -270,7 +292,4 @@ def _emit_composite(bb, env, low: _Lowered, gv, dataflow: bool, own, same) -> No
             value = fields[None]
         else:
             value = relax.Tuple([fields[i] for i in range(len(fields))])
-        mine = own[var.name].var
-        _emit(bb, env, mine, value, dataflow)
-        if var.name in same:
-            env[same[var.name]] = env[mine]
+        bb.emit_normalized(relax.VarBinding(own[var.name].var, bb.normalize(value)))

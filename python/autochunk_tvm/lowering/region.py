@@ -80,15 +80,21 @@ def _at_chunk(ty: relax.TensorType, axis: ChunkAxis, length) -> relax.TensorType
     return relax.TensorType(dims, str(ty.dtype))
 
 
-def region_function(func: relax.Function, candidate: ChunkCandidate, length) -> RegionFunction:
-    """Re-emit ``candidate``'s chunked bindings as a Relax function at chunk ``length``."""
+def region_function(
+    func: relax.Function, candidate: ChunkCandidate, length, hoist: bool = True
+) -> RegionFunction:
+    """Re-emit ``candidate``'s chunked bindings as a Relax function at chunk ``length``.
+
+    ``hoist=False`` keeps the bindings that do not depend on the chunk inside the function
+    (at full size, recomputed per chunk) instead of passing them in.
+    """
     bindings = flat_bindings(func)
     region = bindings[candidate.start : candidate.end + 1]
     axes = candidate.axes
     given = candidate.input_axes
     consts = constant_names(region)
-    chunked = [b for b in region if axes[b.var.name].chunked]
-    hoisted = tuple(b for b in region if not axes[b.var.name].chunked)
+    chunked = [b for b in region if not hoist or axes[b.var.name].chunked]
+    hoisted = tuple(b for b in region if hoist and not axes[b.var.name].chunked)
     hoisted_vars = {b.var for b in hoisted}
     defined = {b.var for b in chunked}
 

@@ -104,8 +104,10 @@ class _Selector:
         cost_model: CostModel,
         top_k: int,
         max_chunks: int,
+        hoist: bool = True,
     ):
         self.est = estimator
+        self.hoist = hoist
         self.budget = budget
         self.cost_model = cost_model
         self.top_k = top_k
@@ -135,6 +137,9 @@ class _Selector:
             # bisect on; selection chunks static extents (symbolic plans can be hand-written).
             self._candidates[centre] = [c for c in found if isinstance(c.extent, int)]
         return self._candidates[centre]
+
+    def step(self, cand: ChunkCandidate, chunk_len: int) -> ChunkStep:
+        return ChunkStep(cand, chunk_len, self.hoist)
 
     def step_cost(self, cand: ChunkCandidate, chunk_len: int) -> float:
         key = ChunkStep(cand, chunk_len)
@@ -217,7 +222,7 @@ class _Selector:
             children = []
             for cand in self.ranked(state, centre, self._legal(state, centre)):
                 kept = [s for s in state.steps if not cand.start <= s.candidate.start <= cand.end]
-                steps = ordered_steps([*kept, ChunkStep(cand, self.fine_length(cand))])
+                steps = ordered_steps([*kept, self.step(cand, self.fine_length(cand))])
                 if steps == state.steps:
                     continue
                 estimate = self.est.estimate(steps)
@@ -240,11 +245,11 @@ class _Selector:
             cand = step.candidate
 
             def peak(chunk_len: int, others=others, cand=cand) -> int:
-                return self.est.estimate(ordered_steps([*others, ChunkStep(cand, chunk_len)])).peak
+                return self.est.estimate(ordered_steps([*others, self.step(cand, chunk_len)])).peak
 
             seen = {step.chunk_len: peak(step.chunk_len)}
             best = _largest_fitting(peak, self.budget, cand.extent, seen)
-            steps = [*others, ChunkStep(cand, best if best is not None else step.chunk_len)]
+            steps = [*others, self.step(cand, best if best is not None else step.chunk_len)]
         steps = ordered_steps(steps)
         return _State(steps, self.est.estimate(steps))
 
@@ -335,6 +340,7 @@ def select_plan(
     strict: bool = True,
     headroom: float = 0.03,
     tune: bool = False,
+    hoist: bool = True,
     bounds: Mapping[str, int] | None = None,
     estimator: PlanEstimator | None = None,
 ) -> Selection:
@@ -369,6 +375,9 @@ def select_plan(
     tune
         Build the plans that fit (up to ``beam_width``, relaxed) and keep the one that runs
         fastest on the target's device, instead of the cheapest by the cost model.
+    hoist
+        Compute each region's chunk-invariant bindings once, before its loop (default).
+        ``False`` recomputes them in every chunk: only for measuring what hoisting saves.
 
     Returns
     -------
@@ -387,7 +396,9 @@ def select_plan(
     if baseline.peak <= limit:
         return _selection(root, [], limit, baseline, est, began, reached=True)
     limit_eff = int(limit * (1.0 - headroom))
-    selector = _Selector(est, limit_eff, cost_model or CostModel.default(), top_k, max_chunks)
+    selector = _Selector(
+        est, limit_eff, cost_model or CostModel.default(), top_k, max_chunks, hoist
+    )
     finished, explored = _beam(selector, root, beam_width, max_stages)
     if not finished:
         # The search follows the budget. For the smallest reachable peak, follow the least
