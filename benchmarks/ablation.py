@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     opts = parser.parse_args(argv)
     began = time.time()
     rows, same_as = run(opts.models, opts.target, opts.preset, opts.repeats)
-    report(rows, same_as, common.meta("ablation.py", opts, began, models=opts.models))
+    report(rows, same_as, common.meta("ablation.py", opts, began, argv, models=opts.models))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     opts = parser.parse_args(argv)
     began = time.time()
     rows = run(opts.target, opts.preset, opts.repeats)
-    report(rows, common.meta("expert_chunking.py", opts, began))
+    report(rows, common.meta("expert_chunking.py", opts, began, argv))
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     rows = []
     for name in opts.models:
         rows += run_model(name, opts.target, opts.preset, opts.repeats)
-    report(rows, common.meta("fused_attention.py", opts, began, models=opts.models))
+    report(rows, common.meta("fused_attention.py", opts, began, argv, models=opts.models))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Writes ``benchmarks/results/longest_sequence[_<target>].{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 
 import common
@@ -27,7 +28,6 @@ KNOBS = {
     "evoformer": ("n_res", 8),
     "unet": ("image_size", 64),  # 8x latent, halved twice or thrice down the UNet
 }
-DEFAULTS = {"gpt": 1024, "vit": 1024, "evoformer": 256, "unet": 672}
 
 
 def _fits(name, preset, sizes, knob, length, target, cap, log):
@@ -56,7 +56,10 @@ def _fits(name, preset, sizes, knob, length, target, cap, log):
 def run_model(name: str, target: str, preset: str, bisections: int) -> dict:
     sizes = common.sizes_for(preset)[name]
     knob, step = KNOBS[name]
-    base_len = sizes.get(knob, DEFAULTS[name])
+    preset_len = getattr(
+        importlib.import_module(f"autochunk_tvm.models.{name}").PRESETS[preset], knob
+    )
+    base_len = sizes.get(knob, preset_len)
     base = common.load(name, preset, sizes, target)
     cap = base.select(1.0).unchunked_peak  # the unchunked estimate at the base size
     print(f"{name}: cap {cap / common.MIB:.1f} MiB = unchunked at {knob}={base_len}", flush=True)
@@ -146,7 +149,7 @@ def main(argv=None) -> None:
     opts = parser.parse_args(argv)
     began = time.time()
     rows = [run_model(name, opts.target, opts.preset, opts.bisections) for name in opts.models]
-    report(rows, common.meta("longest_sequence.py", opts, began, models=opts.models))
+    report(rows, common.meta("longest_sequence.py", opts, began, argv, models=opts.models))
 
 
 if __name__ == "__main__":

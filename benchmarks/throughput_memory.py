@@ -15,6 +15,8 @@ Writes ``benchmarks/results/throughput_memory[_<target>].{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 
 import common
@@ -61,6 +63,12 @@ def write(rows, info, suffix):
         "throughput | regions | max abs error |",
         "|---|---:|:---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if "merged" in info:
+        m = info["merged"]
+        lines[1] += (
+            f" Rows for {', '.join(m['models'])} are kept from an earlier run: "
+            f"`{m['command']}` ({m['seconds']:.0f} s)."
+        )
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['fraction']:.0%} | {'yes' if r['reached'] else 'no'} | "
@@ -91,13 +99,31 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--models", nargs="*", default=list(common.CPU_SIZES))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' rows of the existing results (re-run some models only)",
+    )
     opts = parser.parse_args(argv)
     began = time.time()
     rows = []
     for name in opts.models:
         rows += run_model(name, opts.preset, opts.target, FRACTIONS, opts.repeats)
-    info = common.meta("throughput_memory.py", opts, began, models=opts.models)
+    info = common.meta("throughput_memory.py", opts, began, argv, models=opts.models)
     info["sizes"] = {m: common.sizes_for(opts.preset)[m] for m in opts.models}
+    path = os.path.join(common.RESULTS, f"throughput_memory{common.suffix(opts.target)}.json")
+    if opts.merge and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        kept = [r for r in old["rows"] if r["model"] not in opts.models]
+        info["merged"] = {
+            "command": old["meta"]["command"],
+            "seconds": old["meta"]["seconds"],
+            "models": sorted({r["model"] for r in kept}),
+        }
+        info["sizes"] = {**old["meta"].get("sizes", {}), **info["sizes"]}
+        order = list(common.CPU_SIZES)
+        rows = sorted(kept + rows, key=lambda r: order.index(r["model"]))
     write(rows, info, common.suffix(opts.target))
 
 
