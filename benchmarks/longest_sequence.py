@@ -5,7 +5,9 @@ experiments), so the unchunked maximum is the base size itself. For AutoChunk th
 (sequence length for GPT; residues for the Evoformer; image side for ViT and UNet) by doubling
 until AutoChunk's smallest plan no longer fits the cap, then bisects between the last size
 that fitted and the first that did not. Probes use the memory estimate; the largest size found
-is then built and measured (fresh process) to confirm that it really fits.
+is then built and measured (fresh process) to confirm that it really fits. Selection may go
+down to 512 chunks per region here (``--max-chunks``; ``select_plan`` stops at 64 by default,
+which at 8x the length leaves each chunk of a quadratic tensor 8x larger).
 
     python benchmarks/longest_sequence.py                               # CPU sizes
     python benchmarks/longest_sequence.py --target cuda --preset paper  # on a GPU machine
@@ -30,11 +32,11 @@ KNOBS = {
 }
 
 
-def _fits(name, preset, sizes, knob, length, target, cap, log):
+def _fits(name, preset, sizes, knob, length, target, cap, log, max_chunks):
     """AutoChunk's smallest plan at ``length`` and whether its estimate fits ``cap``."""
     began = time.time()
     subject = common.load(name, preset, {**sizes, knob: length}, target)
-    sel = subject.select(1)  # the smallest plan selection can find
+    sel = subject.select(1, max_chunks=max_chunks)  # the smallest plan selection finds
     fits = sel.plan.estimated_peak <= cap
     log.append(
         {
@@ -53,7 +55,7 @@ def _fits(name, preset, sizes, knob, length, target, cap, log):
     return subject, sel, fits
 
 
-def run_model(name: str, target: str, preset: str, bisections: int) -> dict:
+def run_model(name: str, target: str, preset: str, bisections: int, max_chunks: int) -> dict:
     sizes = common.sizes_for(preset)[name]
     knob, step = KNOBS[name]
     preset_len = getattr(
@@ -64,12 +66,12 @@ def run_model(name: str, target: str, preset: str, bisections: int) -> dict:
     cap = base.select(1.0).unchunked_peak  # the unchunked estimate at the base size
     print(f"{name}: cap {cap / common.MIB:.1f} MiB = unchunked at {knob}={base_len}", flush=True)
     log: list[dict] = []
-    good = (base, base.select(1), base_len)
+    good = (base, base.select(1, max_chunks=max_chunks), base_len)
     length = base_len
     bad = None
     while bad is None:
         length *= 2
-        subject, sel, fits = _fits(name, preset, sizes, knob, length, target, cap, log)
+        subject, sel, fits = _fits(name, preset, sizes, knob, length, target, cap, log, max_chunks)
         if fits:
             good = (subject, sel, length)
         else:
@@ -78,7 +80,7 @@ def run_model(name: str, target: str, preset: str, bisections: int) -> dict:
         mid = (good[2] + bad) // 2 // step * step
         if mid in (good[2], bad):
             break
-        subject, sel, fits = _fits(name, preset, sizes, knob, mid, target, cap, log)
+        subject, sel, fits = _fits(name, preset, sizes, knob, mid, target, cap, log, max_chunks)
         if fits:
             good = (subject, sel, mid)
         else:
@@ -98,6 +100,7 @@ def run_model(name: str, target: str, preset: str, bisections: int) -> dict:
         "measured_peak": measured,
         "fits_measured": measured <= cap,
         "regions": len(sel.plan.steps),
+        "max_chunks": max_chunks,
         "probes": log,
     }
     print(
@@ -146,9 +149,19 @@ def main(argv=None) -> None:
     common.add_common_args(parser)
     parser.add_argument("--models", nargs="*", default=["gpt", "vit", "evoformer"])
     parser.add_argument("--bisections", type=int, default=2)
+    parser.add_argument(
+        "--max-chunks",
+        type=int,
+        default=512,
+        help="finest chunking selection tries (select_plan's max_chunks; its default is 64, "
+        "which caps how far a quadratic tensor shrinks at long lengths)",
+    )
     opts = parser.parse_args(argv)
     began = time.time()
-    rows = [run_model(name, opts.target, opts.preset, opts.bisections) for name in opts.models]
+    rows = [
+        run_model(name, opts.target, opts.preset, opts.bisections, opts.max_chunks)
+        for name in opts.models
+    ]
     report(rows, common.meta("longest_sequence.py", opts, began, argv, models=opts.models))
 
 
