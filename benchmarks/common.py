@@ -180,6 +180,19 @@ def pyplot():
     return plt
 
 
+def save_plot(fig, ax, base: str, *, xlabel: str, ylabel: str, title: str, legend=True) -> None:
+    """Label, grid and write ``fig`` to ``<base>.png``, then close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(base + ".png")
+    pyplot().close(fig)
+
+
 def add_common_args(parser) -> None:
     parser.add_argument("--target", default="llvm")
     parser.add_argument("--preset", default="small", choices=["small", "paper"])

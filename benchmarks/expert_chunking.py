@@ -101,13 +101,15 @@ def report(rows: list[dict], info: dict) -> None:
     for r in rows:
         ax.scatter(r["memory_fraction"], 1 / r["speed_ratio"], s=40)
         ax.annotate(r["method"], (r["memory_fraction"], 1 / r["speed_ratio"]), fontsize=7)
-    ax.set_xlabel("measured activation memory / unchunked")
-    ax.set_ylabel("throughput / unchunked")
-    ax.set_title(f"Evoformer: expert chunking vs AutoChunk ({info['target']})")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(base + ".png")
-    plt.close(fig)
+    common.save_plot(
+        fig,
+        ax,
+        base,
+        xlabel="measured activation memory / unchunked",
+        ylabel="throughput / unchunked",
+        title=f"Evoformer: expert chunking vs AutoChunk ({info['target']})",
+        legend=False,
+    )
 
 
 def main(argv=None) -> None:

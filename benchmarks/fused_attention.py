@@ -108,14 +108,14 @@ def report(rows: list[dict], info: dict) -> None:
         pts = sorted((r["memory_fraction"], r["speed_ratio"]) for r in rows if r["model"] == name)
         ax.plot(*zip(*pts), "o-", label=name)
     ax.axhline(MAX_LOSS, color="k", lw=0.6, ls="--", label=f"{MAX_LOSS - 1:.0%} loss")
-    ax.set_xlabel("measured activation memory / fused-attention unchunked")
-    ax.set_ylabel("time / fused-attention unchunked")
-    ax.set_title(f"AutoChunk with fused attention ({info['target']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(base + ".png")
-    plt.close(fig)
+    common.save_plot(
+        fig,
+        ax,
+        base,
+        xlabel="measured activation memory / fused-attention unchunked",
+        ylabel="time / fused-attention unchunked",
+        title=f"AutoChunk with fused attention ({info['target']})",
+    )
 
 
 def main(argv=None) -> None:

@@ -85,14 +85,14 @@ def write(rows, info, suffix):
         )
         ax.plot(*zip(*pts), "o-", label=name)
     ax.axhline(1.0, color="k", lw=0.6)
-    ax.set_xlabel("measured activation memory / unchunked")
-    ax.set_ylabel("throughput / unchunked")
-    ax.set_title(f"AutoChunk throughput vs memory ({info['target']})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(base + ".png")
-    plt.close(fig)
+    common.save_plot(
+        fig,
+        ax,
+        base,
+        xlabel="measured activation memory / unchunked",
+        ylabel="throughput / unchunked",
+        title=f"AutoChunk throughput vs memory ({info['target']})",
+    )
 
 
 def main(argv=None) -> None:
