@@ -1,17 +1,129 @@
-"""The README's main job, `autochunk-tvm demo`, at a tiny size; and its error path."""
+"""The command line: `demo` (the README's main job), `plan`, `compile`, `bench`, and the exit
+codes and messages of its error paths. Sizes are the smallest at which half the unchunked
+peak is reachable (a one-block GPT at sequence 512)."""
 
-from autochunk_tvm.cli import main
+import os
+import sys
+
+import autochunk_tvm as ac
+import numpy as np
+import pytest
+import torch
+import tvm
+from autochunk_tvm import cli
+from autochunk_tvm.runtime.measure import cuda_available, to_numpy
+from tvm import relax
+
+GPT = ["--model", "gpt", "--set", "seq_len=512", "--set", "n_layer=1"]
 
 
-def test_demo_prints_profile_prediction_measurement_and_writes_plot(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    """A saved torch.export program of the small one-block GPT, and its inputs."""
+    model, args = ac.models.gpt("small", seq_len=512, n_layer=1)
+    path = tmp_path_factory.mktemp("pt2") / "gpt.pt2"
+    torch.export.save(torch.export.export(model, args), str(path))
+    return str(path), args
+
+
+def test_demo_compares_unchunked_and_chunked_builds(tmp_path, capsys):
     plot = tmp_path / "profile.png"
-    assert main(["demo", "--model", "vit", "--preset", "tiny", "--plot", str(plot)]) == 0
-    out = capsys.readouterr().out
-    for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "predicted", "measured"):
-        assert step in out
+    code = cli.main(["demo", *GPT, "--budget", "0.5", "--repeats", "1", "--plot", str(plot)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = captured.out
+    assert "AutoChunk plan for main (llvm): 1 region(s) chunked" in out
+    assert "max abs difference chunked vs unchunked 0" in out
+    assert "measured" in out and "of unchunked" in out
+    assert "speed: chunked/unchunked time" in out
+    for step in ("[1/8] importing gpt", "[3/8] selecting a chunk plan", "[8/8] timing"):
+        assert step in captured.err
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "profile_plan.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_demo_bad_preset_exits_2_with_what_to_do(capsys):
-    assert main(["demo", "--preset", "huge", "--no-measure"]) == 2
+    assert cli.main(["demo", "--preset", "huge", "--no-measure"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_a_budget_typo_exits_2_before_any_work(capsys):
+    assert cli.main(["demo", "--budget", "2 gigs", "--no-measure"]) == 2
+    captured = capsys.readouterr()
+    assert "--budget: cannot read budget" in captured.err and "'2GiB'" in captured.err
+    assert "[1/" not in captured.err  # nothing was imported
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the message given when there is no GPU")
+def test_demo_on_cuda_without_a_gpu_exits_4(capsys):
+    assert cli.main(["demo", *GPT, "--target", "cuda"]) == 4
+    err = capsys.readouterr().err
+    assert "no" in err and "CUDA" in err and "--target llvm" in err
+
+
+def test_compile_writes_a_library_that_python_loads(program, tmp_path, capsys):
+    path, args = program
+    lib = tmp_path / "gpt.so"
+    assert cli.main(["compile", path, "--budget", "0.5", "-o", str(lib), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "1 region(s) chunked" in captured.out and f"wrote {lib}" in captured.out
+    assert captured.err == ""  # --quiet: no progress lines
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args])
+    plain = relax.VirtualMachine(relax.build(ac.from_torch(path), "llvm"), tvm.cpu())
+    want = plain["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args])
+    got, want = (x if isinstance(x, tvm.runtime.Tensor) else x[0] for x in (got, want))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_plan_writes_the_report_and_plots_without_building(program, tmp_path, capsys):
+    path, _ = program
+    assert cli.main(["plan", path, "--budget", "50%", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "AutoChunk plan for main (llvm)" in out and "budget" in out and "met" in out
+    for name in ("gpt_profile.png", "gpt_plan.png", "gpt_plan.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_unreachable_budget_exits_3_with_the_reachable_minimum(program, capsys):
+    path, _ = program
+    assert cli.main(["plan", path, "--budget", "1KiB", "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "smallest peak" in err and "--allow-over-budget" in err
+
+
+def test_bad_paths_and_files_exit_2_saying_what_to_give(tmp_path, capsys):
+    assert cli.main(["compile", str(tmp_path / "nope.pt2"), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    not_pt2 = tmp_path / "model.pt2"
+    not_pt2.write_text("not a program")
+    assert cli.main(["compile", str(not_pt2), "--quiet"]) == 2
+    assert "not a torch.export program" in capsys.readouterr().err
+
+
+def test_bench_finds_the_suite_of_the_checkout(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "throughput_memory" in out and "ablation" in out
+    assert cli.main(["bench", "--only", "ablation", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"{sys.executable} " in err and "paper.py --target llvm" in err
+    assert "--only ablation" in err
+
+
+def test_bench_outside_a_checkout_exits_2(tmp_path, capsys):
+    assert cli.main(["bench", "--bench-dir", str(tmp_path), "--list"]) == 2
+    assert "source checkout" in capsys.readouterr().err
+
+
+def test_the_console_script_is_installed():
+    import shutil
+    import subprocess
+
+    exe = shutil.which("autochunk-tvm") or pytest.fail("pip install -e . installs autochunk-tvm")
+    proc = subprocess.run([exe, "--help"], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for command in ("demo", "plan", "compile", "bench", "Exit status"):
+        assert command in proc.stdout
+    assert os.path.basename(exe) == "autochunk-tvm"

@@ -1,69 +1,510 @@
-"""Command line: ``autochunk-tvm demo`` - the README's main job.
+"""Command line of autochunk-tvm: compile PyTorch programs under an activation-memory budget.
 
-For now (foundation) the demo imports a built-in model, prints its activation-memory profile,
-predicts what a build will allocate, measures it in a fresh process, and writes the profile
-plot. Chunking joins it when the AutoChunk pass lands.
+    autochunk-tvm demo                                  # a built-in GPT at sequence 2048, on CPU
+    autochunk-tvm plan MODEL.pt2 --budget 0.2           # the chunk plan and plots, no build
+    autochunk-tvm compile MODEL.pt2 --budget 0.2 --target cuda -o model.so
+    autochunk-tvm bench --only throughput_memory        # the benchmark suite (source checkout)
+
+Results go to standard output; progress (one line per step, with its time) to standard error,
+so ``--quiet`` or a redirect keeps the results alone. ``--verbose`` adds the passes' own log.
+
+Exit status: 0 done; 2 bad input (a path, a file that is not a torch.export program, a budget
+that does not parse, an op the importer lacks); 3 the budget is unreachable (the message gives
+the smallest reachable peak); 4 a CUDA device is needed and none is visible; 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_NO_DEVICE = 0, 1, 2, 3, 4
+
+MODELS = ("gpt", "vit", "evoformer", "unet")
+# The demo's default sizes for the "small" preset: long enough that attention dominates.
 DEFAULT_SIZES = {"gpt": {"seq_len": 2048}, "vit": {"image_size": 512}, "evoformer": {}, "unet": {}}
+TICK_S = 1.0  # how often a running step's elapsed time is redrawn on a terminal
+
+logger = logging.getLogger("autochunk_tvm")
+
+
+class CliError(Exception):
+    """An error the user can act on; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+class Progress:
+    """Numbered step lines on standard error: ``[2/5] selecting a plan ... 12.3 s``.
+
+    On a terminal the elapsed time of the running step is redrawn every ``TICK_S`` seconds, so
+    a long search or build shows that it is alive; elsewhere (logs, CI) each step is one line.
+    """
+
+    def __init__(self, total: int, quiet: bool = False, stream: Any = None):
+        self.total = total
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.done = 0
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.done += 1
+        head = f"[{self.done}/{self.total}] {title} ..."
+        began = time.perf_counter()
+        stop = threading.Event()
+        ticker = None
+        if not self.quiet:
+            if self.stream.isatty():
+
+                def tick():
+                    while not stop.wait(TICK_S):
+                        elapsed = time.perf_counter() - began
+                        self.stream.write(f"\r{head} {elapsed:.0f} s")
+                        self.stream.flush()
+
+                ticker = threading.Thread(target=tick, daemon=True)
+                self.stream.write(head)
+                self.stream.flush()
+                ticker.start()
+            else:
+                print(head, file=self.stream, flush=True)
+        try:
+            yield
+        finally:
+            stop.set()
+            if ticker is not None:
+                ticker.join()
+            if not self.quiet:
+                elapsed = time.perf_counter() - began
+                if self.stream.isatty():
+                    self.stream.write(f"\r{head} {elapsed:.1f} s\n")
+                else:
+                    print(f"      done in {elapsed:.1f} s", file=self.stream, flush=True)
+
+
+# ---- shared steps ---------------------------------------------------------------------------
+
+
+def _target(name: str):
+    from .analysis.planned import as_target
+
+    try:
+        return as_target(name)
+    except Exception as err:  # TVM raises several types for a bad target
+        raise CliError(f"unknown target {name!r} ({err}); use llvm or cuda") from err
+
+
+def _need_device(target) -> None:
+    from .runtime.measure import cuda_available
+
+    if target.kind.name == "cuda" and not cuda_available():
+        raise CliError(
+            "this step runs the model on a CUDA GPU and none is visible; use --target llvm, or "
+            "`autochunk-tvm compile --target cuda` (which needs nvcc, not a GPU)",
+            EXIT_NO_DEVICE,
+        )
+
+
+def _load_program(path: str):
+    """A Relax module from a saved torch.export program."""
+    from .frontend import UnsupportedOperatorError, from_torch
+
+    if not os.path.exists(path):
+        raise CliError(
+            f"no such file: {path!r}; give the path of a .pt2 saved with "
+            "torch.export.save(torch.export.export(model, args), path)"
+        )
+    try:
+        return from_torch(path)
+    except (ValueError, TypeError, UnsupportedOperatorError) as err:
+        raise CliError(str(err)) from err
+
+
+def _select(mod, budget: str, target, options: dict):
+    from .selection import BudgetUnreachableError, select_plan
+
+    value = _budget_value(budget)
+    try:
+        return select_plan(mod, value, target, **options)
+    except BudgetUnreachableError as err:
+        from .analysis import format_bytes
+
+        raise CliError(
+            f"budget {budget} is unreachable: the smallest peak any chunk plan reaches is "
+            f"{format_bytes(err.smallest_peak)} ({err.smallest_peak} bytes). Ask for at least "
+            f"that (--budget {err.smallest_peak}), or pass --allow-over-budget to build the "
+            "smallest plan anyway",
+            EXIT_UNREACHABLE,
+        ) from err
+
+
+def _budget_value(text: str) -> int | float | str:
+    """``--budget`` as :func:`parse_budget` takes it (``0.2`` a fraction, ``123`` bytes,
+    ``20%``, ``2GiB``), checked before any work is done."""
+    from .selection import parse_budget
+
+    value: int | float | str = text
+    for kind in (int, float):
+        try:
+            value = kind(text)
+            break
+        except ValueError:
+            continue
+    try:
+        parse_budget(value, unchunked_peak=1)  # syntax and range only
+    except ValueError as err:
+        raise CliError(f"--budget: {err}") from err
+    return value
+
+
+def _selection_options(args: argparse.Namespace) -> dict:
+    options: dict[str, Any] = {"strict": not args.allow_over_budget}
+    if args.max_chunks is not None:
+        options["max_chunks"] = args.max_chunks
+    return options
+
+
+def _lower_and_build(mod, selection, target):
+    from tvm import relax
+
+    from .lowering import lower_chunk_plan
+
+    chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+    return relax.build(chunked, target=target)
+
+
+# ---- commands -------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import autochunk_tvm as ac
     from autochunk_tvm.analysis import format_bytes
+    from autochunk_tvm.runtime.measure import vm_callable
+    from autochunk_tvm.selection.tune import device_for
 
+    target = _target(args.target)
+    _need_device(target)
     overrides = dict(DEFAULT_SIZES[args.model] if args.preset == "small" else {})
     for item in args.set or []:
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set takes FIELD=VALUE, got {item!r}")
         overrides[key] = int(value) if value.lstrip("-").isdigit() else value
-    model, inputs = ac.models.FACTORIES[args.model](args.preset, **overrides)
-    print(f"[1/4] importing {args.model} ({args.preset}, {overrides or 'preset sizes'})")
-    mod = ac.from_torch(model, inputs)
-    print("[2/4] activation-memory profile of the Relax graph")
-    profile = ac.estimate_activation_memory(mod)
+    progress = Progress(8 if args.measure else 6, args.quiet)
+
+    with progress.step(f"importing {args.model} ({args.preset}, {overrides or 'preset sizes'})"):
+        try:
+            model, inputs = ac.models.FACTORIES[args.model](args.preset, **overrides)
+        except (ValueError, TypeError) as err:
+            raise CliError(str(err)) from err
+        mod = ac.from_torch(model, inputs)
+    with progress.step("activation-memory profile of the Relax graph"):
+        profile = ac.estimate_activation_memory(mod)
     print(profile.summary(top=args.top))
-    print(f"[3/4] what a build for {args.target} will allocate during one call")
-    static = ac.static_allocation(mod, args.target)
-    print(
-        f"  predicted {format_bytes(static.peak_bytes)} (planned storage "
-        f"{format_bytes(static.planned_bytes)}, largest kernel workspace "
-        f"{format_bytes(static.workspace_bytes)}, outputs {format_bytes(static.output_bytes)})"
-    )
+    with progress.step(
+        f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
+    ):
+        selection = _select(mod, args.budget, target, _selection_options(args))
+    report = ac.PlanReport.of(mod, selection)
+    print(report)
+    with progress.step("building the unchunked and the chunked module"):
+        plain = ac.build(mod, target)
+        chunked = _lower_and_build(mod, selection, target)
+    device = device_for(target)
+    run_plain = vm_callable(plain, inputs, device=device)
+    run_chunked = vm_callable(chunked, inputs, device=device)
+    with progress.step("checking the chunked outputs against the unchunked ones"):
+        err = max(
+            float(np.max(np.abs(a.numpy().astype("float64") - b.numpy().astype("float64"))))
+            for a, b in zip(_flat(run_chunked()), _flat(run_plain()), strict=True)
+        )
+    print(f"outputs: max abs difference chunked vs unchunked {err:.3g}")
+    with progress.step("plotting the memory profile"):
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)) or ".", exist_ok=True)
+        after = ac.estimate_activation_memory(
+            ac.lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+        )
+        path = profile.plot(
+            args.plot, title=f"{args.model} ({args.preset}): live activation memory", compare=after
+        )
+        plan_path = report.plot(os.path.splitext(args.plot)[0] + "_plan.png")
+    print(f"plots: {path} (Relax-level profile), {plan_path} (predicted build footprint)")
+    lines = [
+        (
+            f"memory (one call, {target.kind.name}): estimated "
+            f"{format_bytes(selection.unchunked_peak)} -> {format_bytes(selection.estimate.peak)}"
+        )
+    ]
     if args.measure:
-        print("[4/4] measuring one call in a fresh process")
-        measured = ac.measure_peak_memory(mod, inputs, target=args.target)
-        err = (static.peak_bytes - measured.peak_bytes) / max(1, measured.peak_bytes)
-        print(f"  measured {format_bytes(measured.peak_bytes)} ({err:+.1%} predicted vs measured)")
-    path = profile.plot(args.plot, title=f"{args.model} ({args.preset}): live activation memory")
-    print(f"profile plot written to {path}")
-    return 0
+        with progress.step("measuring both builds in fresh processes"):
+            m_plain = ac.measure_peak_memory(plain, inputs, target=target).peak_bytes
+            m_chunked = ac.measure_peak_memory(chunked, inputs, target=target).peak_bytes
+        lines.append(
+            f"                        measured  {format_bytes(m_plain)} -> "
+            f"{format_bytes(m_chunked)} ({m_chunked / max(1, m_plain):.0%} of unchunked)"
+        )
+        with progress.step(f"timing chunked against unchunked ({args.repeats} interleaved calls)"):
+            ratio = ac.speed_ratio(run_chunked, run_plain, repeats=args.repeats)
+        lines.append(f"speed: chunked/unchunked time {ratio:.3f}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _flat(out) -> list:
+    import tvm
+
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out]
+    return [t for o in out for t in _flat(o)]
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    import autochunk_tvm as ac
+
+    target = _target(args.target)
+    progress = Progress(3, args.quiet)
+    with progress.step(f"importing {args.program}"):
+        mod = _load_program(args.program)
+    with progress.step(
+        f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
+    ):
+        selection = _select(mod, args.budget, target, _selection_options(args))
+    report = ac.PlanReport.of(mod, selection)
+    print(report)
+    with progress.step(f"writing plots and the report to {args.out_dir}"):
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = os.path.join(args.out_dir, os.path.splitext(os.path.basename(args.program))[0])
+        profile = ac.estimate_activation_memory(mod)
+        paths = [
+            profile.plot(f"{stem}_profile.png", title=f"{args.program}: live activation memory"),
+            report.plot(f"{stem}_plan.png"),
+        ]
+        with open(f"{stem}_plan.json", "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        paths.append(f"{stem}_plan.json")
+    print("wrote " + ", ".join(paths))
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import autochunk_tvm as ac
+
+    target = _target(args.target)
+    output = args.output or os.path.splitext(os.path.basename(args.program))[0] + ".so"
+    progress = Progress(4 if args.budget else 3, args.quiet)
+    with progress.step(f"importing {args.program}"):
+        mod = _load_program(args.program)
+    selection = None
+    if args.budget:
+        with progress.step(
+            f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
+        ):
+            selection = _select(mod, args.budget, target, _selection_options(args))
+        print(ac.PlanReport.of(mod, selection))
+    with progress.step(f"building for {target.kind.name}"):
+        ex = _lower_and_build(mod, selection, target) if selection else ac.build(mod, target)
+    with progress.step(f"exporting {output}"):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        ex.export_library(output)
+    print(
+        f"wrote {output}: load it with relax.VirtualMachine(tvm.runtime.load_module({output!r}), "
+        "dev), or run it with the C++ runner (autochunk_run)"
+    )
+    return EXIT_OK
+
+
+def _benchmarks_dir(given: str | None) -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = (
+        [given]
+        if given
+        else [
+            os.path.join(here, "..", "..", "benchmarks"),  # a source checkout (pip install -e .)
+            os.path.join(os.getcwd(), "benchmarks"),
+        ]
+    )
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "paper.py")):
+            return os.path.normpath(path)
+    raise CliError(
+        "the benchmark suite (benchmarks/paper.py) is part of the source checkout, not of the "
+        "installed package: run from a clone of autochunk-tvm, or pass --bench-dir "
+        f"(looked in {', '.join(os.path.normpath(p) for p in candidates if p)})"
+    )
+
+
+BENCHMARKS = (
+    "throughput_memory",
+    "expert_chunking",
+    "fused_attention",
+    "longest_sequence",
+    "ablation",
+)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    bench_dir = _benchmarks_dir(args.bench_dir)
+    if args.list:
+        for name in BENCHMARKS:
+            print(f"{name:<18} {os.path.join(bench_dir, name + '.py')}")
+        return EXIT_OK
+    if args.target == "cuda":
+        _need_device(_target(args.target))
+    cmd = [
+        sys.executable,
+        os.path.join(bench_dir, "paper.py"),
+        "--target",
+        args.target,
+        "--preset",
+        args.preset,
+        "--repeats",
+        str(args.repeats),
+    ]
+    if args.only:
+        cmd += ["--only", *args.only]
+    print("running " + " ".join(cmd), file=sys.stderr, flush=True)
+    if args.dry_run:
+        return EXIT_OK
+    # paper.py prints "=== <experiment>" and its time per experiment: that is the progress.
+    proc = subprocess.run(
+        cmd, check=False, cwd=bench_dir, stdout=subprocess.DEVNULL if args.quiet else None
+    )
+    if proc.returncode != 0:
+        raise CliError("some benchmarks failed (their tracebacks are above)", EXIT_FAILED)
+    print(f"results in {os.path.join(bench_dir, 'results')}")
+    return EXIT_OK
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
+
+    selecting = argparse.ArgumentParser(add_help=False)
+    selecting.add_argument("--target", default="llvm", help="llvm (default) or cuda")
+    selecting.add_argument(
+        "--max-chunks",
+        type=int,
+        default=None,
+        help="finest chunking selection may try (default 64)",
+    )
+    selecting.add_argument(
+        "--allow-over-budget",
+        action="store_true",
+        help="when the budget is unreachable, use the smallest plan found",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="autochunk-tvm",
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common, selecting],
+        help="a built-in model, unchunked and with AutoChunk, side by side",
+    )
+    demo.add_argument("--model", choices=MODELS, default="gpt")
+    demo.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    demo.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="override a model size, e.g. --set seq_len=4096",
+    )
+    demo.add_argument(
+        "--budget",
+        default="0.2",
+        help="bytes, a fraction of the unchunked peak (0.2), '20%%' or '512MiB'",
+    )
+    demo.add_argument(
+        "--no-measure",
+        dest="measure",
+        action="store_false",
+        help="skip the fresh-process memory measurement and the timing",
+    )
+    demo.add_argument("--repeats", type=int, default=5, help="timed calls of each build")
+    demo.add_argument("--top", type=int, default=8, help="bindings to list in the profile")
+    demo.add_argument("--plot", default="out/memory_profile.png", help="PNG path")
+
+    plan = sub.add_parser(
+        "plan",
+        parents=[common, selecting],
+        help="the chunk plan for a saved torch.export program, without building",
+    )
+    plan.add_argument("program", help="a .pt2 file written by torch.export.save")
+    plan.add_argument("--budget", required=True, help="bytes, fraction, '20%%' or '2GiB'")
+    plan.add_argument("--out-dir", default="out", help="where the plots and JSON go")
+
+    comp = sub.add_parser(
+        "compile", parents=[common, selecting], help="compile a saved torch.export program to a .so"
+    )
+    comp.add_argument("program", help="a .pt2 file written by torch.export.save")
+    comp.add_argument("--budget", default=None, help="omit to compile without chunking")
+    comp.add_argument("-o", "--output", default=None, help="library path (default: NAME.so)")
+
+    bench = sub.add_parser(
+        "bench", parents=[common], help="run the paper's experiments (benchmarks/paper.py)"
+    )
+    bench.add_argument("--target", default="llvm")
+    bench.add_argument("--preset", default="small", choices=["small", "paper"])
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--only", nargs="*", choices=BENCHMARKS, default=None)
+    bench.add_argument("--bench-dir", default=None, help="the benchmarks/ folder of a checkout")
+    bench.add_argument("--list", action="store_true", help="list the experiments and stop")
+    bench.add_argument("--dry-run", action="store_true", help="print the command only")
+    return parser
+
+
+COMMANDS = {"demo": _demo, "plan": _plan, "compile": _compile, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autochunk-tvm", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log pass progress")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="profile a built-in model's activation memory")
-    demo.add_argument("--model", choices=["gpt", "vit", "evoformer", "unet"], default="gpt")
-    demo.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
-    demo.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a size")
-    demo.add_argument("--target", default="llvm", help="llvm (default) or cuda")
-    demo.add_argument("--no-measure", dest="measure", action="store_false")
-    demo.add_argument("--top", type=int, default=8, help="bindings to list")
-    demo.add_argument("--plot", default="out/memory_profile.png", help="PNG path")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+    )
     try:
-        return _demo(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+        if getattr(args, "budget", None) is not None:
+            _budget_value(args.budget)  # a typo fails now, not after the import
+        return COMMANDS[args.command](args)
+    except CliError as err:
         print(f"autochunk-tvm: error: {err}", file=sys.stderr)
-        return 2
+        return err.code
+    except KeyboardInterrupt:
+        print("autochunk-tvm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a last resort that still says what happened
+        if args.verbose:
+            raise
+        print(
+            f"autochunk-tvm: error: {type(err).__name__}: {err}\n(run with --verbose for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -150,7 +150,16 @@ def _op(binding: relax.Binding) -> str:
     return type(value).__name__
 
 
-_VIEWS = {"reshape", "permute_dims", "expand_dims", "squeeze", "broadcast_to", "TupleGetItem"}
+# Bindings that launch no kernel: views, tuple access and constants.
+_VIEWS = {
+    "reshape",
+    "permute_dims",
+    "expand_dims",
+    "squeeze",
+    "broadcast_to",
+    "TupleGetItem",
+    "GenericConst",
+}
 
 
 def _ops_summary(ops: tuple[str, ...], most: int = 6) -> str:
