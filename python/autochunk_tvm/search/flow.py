@@ -28,6 +28,7 @@ from tvm import relax
 
 from ..analysis.memory import flat_bindings
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
+from . import rules
 from .rules import rule_for, same_dim, shape_of, static
 
 # (axis, scale) during tracing; scales are rational until normalized at the end.
@@ -37,12 +38,18 @@ _WHOLE: _Setting = (None, Fraction(1))
 # NOTE [rule cache]: a rule's answer depends only on the call (an immutable IR node) and the
 # output axis, and the search asks the same question of the same call in many overlapping
 # regions (GPT-small: 146k visits, a few thousand distinct). Answers, refusals included, are
-# kept per (call, axis); a call is keyed by identity, which holds it alive while cached.
+# kept per (call, axis); a call is keyed by identity, which holds it alive while cached. The
+# cache is dropped when a rule is registered (a refusal may have been "no rule").
 _RULE_CACHE_LIMIT = 200_000
 _rule_cache: dict[tuple[relax.Call, int], object] = {}
+_rule_cache_generation = rules.generation()
 
 
 def _arg_flows(call: relax.Call, axis: int):
+    global _rule_cache_generation
+    if _rule_cache_generation != rules.generation():
+        _rule_cache.clear()
+        _rule_cache_generation = rules.generation()
     key = (call, axis)
     found = _rule_cache.get(key)
     if found is None:

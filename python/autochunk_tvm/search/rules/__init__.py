@@ -23,16 +23,38 @@ ArgFlow = tuple[int, Fraction] | None
 Rule = Callable[[relax.Call, int], Sequence[ArgFlow | list[ArgFlow]]]
 
 RULES: dict[str, Rule] = {}
+# Bumped by every registration, so that answers cached during tracing (search/flow.py) from an
+# older registry, refusals by a missing rule included, are not reused after a rule is added.
+_generation = 0
+
+
+def generation() -> int:
+    """How many times the registry has changed."""
+    return _generation
 
 
 def register(*op_names: str) -> Callable[[Rule], Rule]:
-    """Register ``rule`` for the given Relax op names (``"relax.add"``)."""
+    """Register ``rule`` for the given Relax op names (``"relax.add"``).
+
+    A rule is ``rule(call, out_axis) -> [flow per argument]``: for each argument of ``call``,
+    ``flow(axis, ratio)`` (the argument is chunked along ``axis``) or ``None`` (it is used
+    whole by every chunk); it raises :class:`~..candidate.CantChunk` when the op computes
+    across ``out_axis``. The tutorial ``tutorials/custom_chunk_rule.py`` writes one.
+
+    Examples
+    --------
+    >>> @register("relax.trunc")  # doctest: +SKIP
+    ... def trunc(call, out_axis):
+    ...     return [flow(out_axis)]
+    """
 
     def wrap(rule: Rule) -> Rule:
+        global _generation
         for name in op_names:
             if name in RULES:
                 raise ValueError(f"a chunk rule for {name} is already registered")
             RULES[name] = rule
+        _generation += 1
         return rule
 
     return wrap
