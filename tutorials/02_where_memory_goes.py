@@ -6,7 +6,7 @@
 # the binding at which activation memory peaks, draws the profile, and checks the prediction of
 # what a TVM build allocates against a measurement of one real call.
 #
-# Run it as a script (`python tutorials/where_memory_goes.py`) or cell by cell in an editor that
+# Run it as a script (`python tutorials/02_where_memory_goes.py`) or cell by cell in an editor that
 # understands `# %%` cells. `TUTORIAL_SEQ_LEN` picks the sequence length (the test suite uses a
 # short one).
 
