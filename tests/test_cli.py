@@ -93,6 +93,15 @@ def test_unreachable_budget_exits_3_with_the_reachable_minimum(program, capsys):
     assert "unreachable" in err and "smallest peak" in err and "--allow-over-budget" in err
 
 
+def test_allow_over_budget_plans_the_smallest_peak_found(program, tmp_path, capsys):
+    path, _ = program
+    args = ["plan", path, "--budget", "1KiB", "--allow-over-budget", "--out-dir", str(tmp_path)]
+    with pytest.warns(UserWarning, match="smallest"):
+        assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "NOT met" in out and "region(s) chunked" in out
+
+
 def test_bad_paths_and_files_exit_2_saying_what_to_give(tmp_path, capsys):
     assert cli.main(["compile", str(tmp_path / "nope.pt2"), "--quiet"]) == 2
     assert "no such file" in capsys.readouterr().err

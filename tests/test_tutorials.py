@@ -9,7 +9,7 @@ import pytest
 
 TUTORIALS = os.path.join(os.path.dirname(__file__), "..", "tutorials")
 sys.path.insert(0, TUTORIALS)
-import _notebook  # noqa: E402
+import _notebook  # the generator beside the tutorials, not an installed module
 
 SOURCES = [os.path.basename(p) for p in _notebook.tutorial_sources()]
 # Sequence lengths that keep each run to well under a minute on CI's two cores (the deploying

@@ -96,14 +96,19 @@ def main() -> int:
     for source in tutorial_sources():
         target = source[:-3] + ".ipynb"
         text = notebook_text(source)
-        current = open(target).read() if os.path.exists(target) else None
+        current = None
+        if os.path.exists(target):
+            with open(target) as f:
+                current = f.read()
         if current != text:
             stale.append(os.path.basename(target))
             if not opts.check:
                 with open(target, "w") as f:
                     f.write(text)
     if opts.check and stale:
-        print(f"out of date: {', '.join(stale)}; run python tutorials/_notebook.py", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(stale)}; run python tutorials/_notebook.py", file=sys.stderr
+        )
         return 1
     print(("stale: " if opts.check else "written: ") + (", ".join(stale) or "none"))
     return 0

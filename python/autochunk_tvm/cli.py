@@ -6,7 +6,7 @@
     autochunk-tvm bench --only throughput_memory        # the benchmark suite (source checkout)
 
 Results go to standard output; progress (one line per step, with its time) to standard error,
-so ``--quiet`` or a redirect keeps the results alone. ``--verbose`` adds the passes' own log.
+so --quiet or a redirect keeps the results alone; --verbose adds the passes' own log.
 
 Exit status: 0 done; 2 bad input (a path, a file that is not a torch.export program, a budget
 that does not parse, an op the importer lacks); 3 the budget is unreachable (the message gives
@@ -415,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autochunk-tvm",
         description=__doc__.splitlines()[0],
-        epilog=__doc__.split("\n\n", 2)[2],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
