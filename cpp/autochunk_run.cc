@@ -79,7 +79,11 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--out-dir") {
       opts.out_dir = value("--out-dir");
     } else if (arg == "--repeat") {
-      opts.repeat = std::stoi(value("--repeat"));
+      const std::string n = value("--repeat");
+      if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos) {
+        throw UsageError("--repeat takes a count of calls, got " + n);
+      }
+      opts.repeat = std::stoi(n);
     } else if (!arg.empty() && arg[0] == '-') {
       throw UsageError("unknown option " + arg);
     } else if (opts.library.empty()) {
@@ -105,7 +109,8 @@ void LoadCudaRuntime() {
 
 ffi::Tensor ToDevice(const autochunk::NpyArray& host, DLDevice device) {
   static ffi::Function alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
-  static ffi::Function copy_from = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
+  static ffi::Function copy_from =
+      ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
   ffi::Shape shape(host.shape.begin(), host.shape.end());
   ffi::Tensor tensor =
       alloc(shape, host.dtype, device, ffi::Optional<ffi::String>()).cast<ffi::Tensor>();
@@ -158,9 +163,9 @@ int Run(const Options& opts) {
   if (device.device_type == kDLCPU) {
     vm->GetFunction("vm_initialization").value()(int(kDLCPU), 0, kPooledAllocator);
   } else {
-    vm->GetFunction("vm_initialization").value()(int(device.device_type), device.device_id,
-                                                 kPooledAllocator, int(kDLCPU), 0,
-                                                 kPooledAllocator);
+    vm->GetFunction("vm_initialization")
+        .value()(int(device.device_type), device.device_id, kPooledAllocator, int(kDLCPU), 0,
+                 kPooledAllocator);
   }
   ffi::Optional<ffi::Function> func = vm->GetFunction(opts.func);
   if (!func.has_value()) {
@@ -168,7 +173,8 @@ int Run(const Options& opts) {
   }
 
   std::vector<ffi::Any> args;
-  for (const std::string& path : opts.inputs) args.emplace_back(ToDevice(autochunk::LoadNpy(path), device));
+  for (const std::string& path : opts.inputs)
+    args.emplace_back(ToDevice(autochunk::LoadNpy(path), device));
   std::vector<ffi::AnyView> views(args.begin(), args.end());
   ffi::Any result;
   func->CallPacked(views.data(), static_cast<int>(views.size()), &result);
@@ -192,7 +198,9 @@ int Run(const Options& opts) {
       ffi::Any again;
       func->CallPacked(views.data(), static_cast<int>(views.size()), &again);
       Sync(device);
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
     }
     std::sort(ms.begin(), ms.end());
     std::cout << "median " << ms[ms.size() / 2] << " ms over " << opts.repeat << " calls\n";

@@ -19,12 +19,12 @@ struct DTypeCode {
 // runner reads 'V2' as bfloat16 and writes bfloat16 outputs as 'V2' (view them back with
 // `np.load(p).view(ml_dtypes.bfloat16)`).
 const DTypeCode kDTypes[] = {
-    {"f4", {kDLFloat, 32, 1}, "float32"},  {"f8", {kDLFloat, 64, 1}, "float64"},
-    {"f2", {kDLFloat, 16, 1}, "float16"},  {"V2", {kDLBfloat, 16, 1}, "bfloat16"},
-    {"i8", {kDLInt, 64, 1}, "int64"},      {"i4", {kDLInt, 32, 1}, "int32"},
-    {"i2", {kDLInt, 16, 1}, "int16"},      {"i1", {kDLInt, 8, 1}, "int8"},
-    {"u8", {kDLUInt, 64, 1}, "uint64"},    {"u4", {kDLUInt, 32, 1}, "uint32"},
-    {"u2", {kDLUInt, 16, 1}, "uint16"},    {"u1", {kDLUInt, 8, 1}, "uint8"},
+    {"f4", {kDLFloat, 32, 1}, "float32"}, {"f8", {kDLFloat, 64, 1}, "float64"},
+    {"f2", {kDLFloat, 16, 1}, "float16"}, {"V2", {kDLBfloat, 16, 1}, "bfloat16"},
+    {"i8", {kDLInt, 64, 1}, "int64"},     {"i4", {kDLInt, 32, 1}, "int32"},
+    {"i2", {kDLInt, 16, 1}, "int16"},     {"i1", {kDLInt, 8, 1}, "int8"},
+    {"u8", {kDLUInt, 64, 1}, "uint64"},   {"u4", {kDLUInt, 32, 1}, "uint32"},
+    {"u2", {kDLUInt, 16, 1}, "uint16"},   {"u1", {kDLUInt, 8, 1}, "uint8"},
     {"b1", {kDLBool, 8, 1}, "bool"},
 };
 
@@ -104,8 +104,7 @@ NpyArray LoadNpy(const std::string& path) {
     in.read(reinterpret_cast<char*>(len), 4);
     header_len = len[0] | (len[1] << 8) | (len[2] << 16) | (uint32_t(len[3]) << 24);
   } else {
-    throw std::runtime_error(path + ": unsupported .npy format version " +
-                             std::to_string(major));
+    throw std::runtime_error(path + ": unsupported .npy format version " + std::to_string(major));
   }
   std::string header(header_len, '\0');
   in.read(&header[0], header_len);
@@ -116,7 +115,8 @@ NpyArray LoadNpy(const std::string& path) {
   if (!descr.empty() && (descr[0] == '<' || descr[0] == '|' || descr[0] == '=')) {
     descr = descr.substr(1);
   } else if (!descr.empty() && descr[0] == '>') {
-    throw std::runtime_error(path + ": big-endian data; save it little-endian "
+    throw std::runtime_error(path +
+                             ": big-endian data; save it little-endian "
                              "(array.astype(array.dtype.newbyteorder('<')))");
   }
   const DTypeCode* code = FindByDescr(descr);

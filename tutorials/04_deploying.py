@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 
 import autochunk_tvm as ac
-from autochunk_tvm.runtime.measure import cuda_available
+from autochunk_tvm.runtime.measure import cuda_available, save_inputs
 
 seq_len = int(os.environ.get("TUTORIAL_SEQ_LEN", "2048"))
 out_dir = os.path.abspath(os.environ.get("TUTORIAL_OUT", "out"))
@@ -61,20 +61,19 @@ assert np.allclose(out.numpy(), reference, rtol=1e-4, atol=1e-4)
 #
 # ```bash
 # cmake -S . -B build && cmake --build build -j2
-# ./build/autochunk_run gpt_cpu.so --out-dir out tokens.npy
+# ./build/autochunk_run gpt_cpu.so --out-dir out input0.npy
 # ```
 
 # %%
 build_dir = os.path.join(out_dir, "cpp-build")
+runner = os.path.join(build_dir, "autochunk_run")
+(tokens,) = save_inputs(args, out_dir)  # out_dir/input0.npy, what the runner reads
 if shutil.which("cmake") and os.path.exists(os.path.join(root, "CMakeLists.txt")):
     for cmd in (
         ["cmake", "-S", root, "-B", build_dir, f"-DPython3_EXECUTABLE={sys.executable}"],
         ["cmake", "--build", build_dir, "-j2"],
     ):
         subprocess.run(cmd, check=True, capture_output=True)
-    tokens = os.path.join(out_dir, "tokens.npy")
-    np.save(tokens, args[0].numpy())
-    runner = os.path.join(build_dir, "autochunk_run")
     proc = subprocess.run(
         [runner, cpu_lib, "--out-dir", out_dir, "--repeat", "3", tokens],
         check=True, capture_output=True, text=True,

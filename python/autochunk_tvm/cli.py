@@ -175,13 +175,11 @@ def _selection_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _lower_and_build(mod, selection, target):
-    from tvm import relax
-
+def _apply(mod, selection, target):
+    """The module with the selected plan lowered (the module itself for an empty plan)."""
     from .lowering import lower_chunk_plan
 
-    chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
-    return relax.build(chunked, target=target)
+    return lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -189,6 +187,7 @@ def _lower_and_build(mod, selection, target):
 
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
+    from tvm import relax
 
     import autochunk_tvm as ac
     from autochunk_tvm.analysis import format_bytes
@@ -222,7 +221,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(report)
     with progress.step("building the unchunked and the chunked module"):
         plain = ac.build(mod, target)
-        chunked = _lower_and_build(mod, selection, target)
+        chunked_mod = _apply(mod, selection, target)
+        chunked = relax.build(chunked_mod, target=target)
     device = device_for(target)
     run_plain = vm_callable(plain, inputs, device=device)
     run_chunked = vm_callable(chunked, inputs, device=device)
@@ -234,9 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"outputs: max abs difference chunked vs unchunked {err:.3g}")
     with progress.step("plotting the memory profile"):
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)) or ".", exist_ok=True)
-        after = ac.estimate_activation_memory(
-            ac.lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
-        )
+        after = ac.estimate_activation_memory(chunked_mod)
         path = profile.plot(
             args.plot, title=f"{args.model} ({args.preset}): live activation memory", compare=after
         )
@@ -302,6 +300,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from tvm import relax
+
     import autochunk_tvm as ac
 
     target = _target(args.target)
@@ -317,7 +317,7 @@ def _compile(args: argparse.Namespace) -> int:
             selection = _select(mod, args.budget, target, _selection_options(args))
         print(ac.PlanReport.of(mod, selection))
     with progress.step(f"building for {target.kind.name}"):
-        ex = _lower_and_build(mod, selection, target) if selection else ac.build(mod, target)
+        ex = relax.build(_apply(mod, selection, target) if selection else mod, target=target)
     with progress.step(f"exporting {output}"):
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         ex.export_library(output)

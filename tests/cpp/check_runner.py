@@ -32,7 +32,7 @@ MODELS = {
 
 def compile_model(target: str, work_dir: str):
     import autochunk_tvm as ac
-    from autochunk_tvm.runtime.measure import to_numpy
+    from autochunk_tvm.runtime.measure import save_inputs
 
     name, preset, sizes = MODELS[target]
     model, args = ac.models.FACTORIES[name](preset, **sizes)
@@ -43,11 +43,7 @@ def compile_model(target: str, work_dir: str):
     assert n_regions >= 1, "AutoChunk at 50% chunked no region: the check would test nothing"
     lib = os.path.join(work_dir, f"{name}_{target}.so")
     ex.export_library(lib)
-    inputs = []
-    for i, arg in enumerate(args):
-        path = os.path.join(work_dir, f"input{i}.npy")
-        np.save(path, to_numpy(arg))
-        inputs.append(path)
+    inputs = save_inputs(args, work_dir)
     print(f"built {lib} for {target}: {n_regions} chunked region(s)")
     return mod, lib, inputs
 
@@ -111,6 +107,8 @@ def check_errors(runner: str, work_dir: str) -> None:
     assert proc.returncode == 2 and "usage:" in proc.stderr, proc.stderr
     proc = run("model.so", "--device", "tpu")
     assert proc.returncode == 2 and "--device must be cpu or cuda" in proc.stderr, proc.stderr
+    proc = run("model.so", "--repeat", "many")
+    assert proc.returncode == 2 and "--repeat takes a count" in proc.stderr, proc.stderr
     missing = os.path.join(work_dir, "missing.so")
     proc = run(missing)
     assert proc.returncode == 1 and "missing.so" in proc.stderr, proc.stderr

@@ -73,6 +73,18 @@ def to_numpy(arg: Any) -> np.ndarray:
     return np.asarray(arg)
 
 
+def save_inputs(args: Sequence[Any], folder: str, prefix: str = "input") -> list[str]:
+    """Write each argument to ``folder/<prefix><i>.npy`` (what the C++ runner ``autochunk_run``
+    and the measurement worker read); returns the paths in argument order."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, arg in enumerate(args):
+        path = os.path.join(folder, f"{prefix}{i}.npy")
+        np.save(path, to_numpy(arg))
+        paths.append(path)
+    return paths
+
+
 def cuda_available() -> bool:
     """Whether TVM sees a CUDA device on this machine."""
     try:
@@ -141,11 +153,7 @@ def measure_peak_memory(
     with tempfile.TemporaryDirectory(prefix="autochunk_measure_") as tmp:
         lib = os.path.join(tmp, "model.so")
         ex.export_library(lib)
-        paths = []
-        for i, arg in enumerate(args):
-            path = os.path.join(tmp, f"arg{i}.npy")
-            np.save(path, to_numpy(arg))
-            paths.append(path)
+        paths = save_inputs(args, tmp, prefix="arg")
         env = dict(os.environ)
         # NOTE [glibc mmap threshold]: glibc raises its mmap threshold after large frees and then
         # serves big blocks from the heap, which it keeps after free: RSS would then depend on
