@@ -176,3 +176,35 @@ def test_arange_is_not_chunked_inside_a_region():
     ar = relax.op.arange(0, 16, 1, "int64")
     with pytest.raises(CantChunk, match="offset"):
         flows(ar, 0)
+
+
+def test_a_registered_rule_takes_effect_in_later_searches():
+    """Search caches rule answers per call, refusals ("no chunk rule") included: registering
+    a rule must drop them, or the same module would still see a barrier."""
+    import autochunk_tvm as ac
+    from autochunk_tvm.search.candidate import WHOLE
+    from autochunk_tvm.search.rules import flow, register, unregister
+
+    bb = relax.BlockBuilder()
+    x = var("x", (256, 64))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            e = bb.emit(relax.op.exp(x))
+            t = bb.emit(relax.op.trunc(e))
+            out = bb.emit_output(relax.op.multiply(t, e))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert "relax.trunc" not in RULES
+
+    def crossing():
+        return [c for c in ac.search_chunk_candidates(mod) if c.axes.get(t.name, WHOLE).chunked]
+
+    assert crossing() == []  # a barrier, and the refusal is now cached
+    register("relax.trunc")(lambda call, out_axis: [flow(out_axis)])
+    try:
+        assert crossing(), "the new rule was not consulted"
+    finally:
+        unregister("relax.trunc")
+    assert crossing() == []
+    with pytest.raises(KeyError, match="no chunk rule"):
+        unregister("relax.trunc")

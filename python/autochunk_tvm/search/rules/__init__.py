@@ -60,6 +60,17 @@ def register(*op_names: str) -> Callable[[Rule], Rule]:
     return wrap
 
 
+def unregister(*op_names: str) -> None:
+    """Remove the rules of ``op_names`` (the ops become barriers again); for tests and for
+    replacing a rule deliberately: unregister, then register the new one."""
+    global _generation
+    for name in op_names:
+        if name not in RULES:
+            raise KeyError(f"no chunk rule registered for {name}")
+        del RULES[name]
+    _generation += 1
+
+
 def rule_for(call: relax.Call) -> Rule:
     """The rule of ``call``'s op; :class:`CantChunk` if there is none (a barrier)."""
     op = call.op
