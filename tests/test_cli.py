@@ -136,3 +136,42 @@ def test_the_console_script_is_installed():
     for command in ("demo", "plan", "compile", "bench", "Exit status"):
         assert command in proc.stdout
     assert os.path.basename(exe) == "autochunk-tvm"
+
+
+class _Terminal:
+    """A stream that says it is a terminal, recording what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_redraws_the_running_step_on_a_terminal(monkeypatch):
+    import time
+
+    monkeypatch.setattr(cli, "TICK_S", 0.01)
+    term = _Terminal()
+    progress = cli.Progress(2, stream=term)
+    with progress.step("searching"):
+        time.sleep(0.1)
+    with pytest.raises(RuntimeError), progress.step("building"):
+        raise RuntimeError("boom")
+    lines = term.text.split("\n")
+    assert lines[0].startswith("[1/2] searching ...") and "\r[1/2] searching ... 0 s" in lines[0]
+    assert lines[0].rstrip().endswith("s") and "done in" in lines[0]
+    assert "[2/2] building ... failed after" in lines[1]
+
+
+def test_progress_is_silent_when_quiet():
+    term = _Terminal()
+    with cli.Progress(1, quiet=True, stream=term).step("anything"):
+        pass
+    assert term.text == ""

@@ -79,8 +79,12 @@ class Progress:
                 ticker.start()
             else:
                 print(head, file=self.stream, flush=True)
+        outcome = "done in"
         try:
             yield
+        except BaseException:
+            outcome = "failed after"
+            raise
         finally:
             stop.set()
             if ticker is not None:
@@ -88,9 +92,9 @@ class Progress:
             if not self.quiet:
                 elapsed = time.perf_counter() - began
                 if self.stream.isatty():
-                    self.stream.write(f"\r{head} {elapsed:.1f} s\n")
+                    self.stream.write(f"\r{head} {outcome} {elapsed:.1f} s\n")
                 else:
-                    print(f"      done in {elapsed:.1f} s", file=self.stream, flush=True)
+                    print(f"      {outcome} {elapsed:.1f} s", file=self.stream, flush=True)
 
 
 # ---- shared steps ---------------------------------------------------------------------------
@@ -141,7 +145,8 @@ def _select(mod, budget: str, target, options: dict):
         from .analysis import format_bytes
 
         raise CliError(
-            f"budget {budget} is unreachable: the smallest peak any chunk plan reaches is "
+            f"budget {budget} ({format_bytes(err.budget)}) is unreachable: the smallest peak "
+            "any chunk plan reaches is "
             f"{format_bytes(err.smallest_peak)} ({err.smallest_peak} bytes). Ask for at least "
             f"that (--budget {err.smallest_peak}), or pass --allow-over-budget to build the "
             "smallest plan anyway",
