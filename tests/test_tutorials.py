@@ -30,6 +30,15 @@ def test_notebook_is_generated_from_its_script(name):
     )
 
 
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_is_valid_nbformat(name):
+    import nbformat
+
+    notebook = nbformat.read(os.path.join(TUTORIALS, name[:-3] + ".ipynb"), as_version=4)
+    nbformat.validate(notebook)
+    assert [c.cell_type for c in notebook.cells][:2] == ["markdown", "code"]
+
+
 def test_cells_split_on_percent_markers():
     source = "# %% [markdown]\n# # Title\n# text\n\n# %%\nx = 1\n\n# %%\nprint(x)\n"
     assert _notebook.split_cells(source) == [
