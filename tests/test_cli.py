@@ -33,13 +33,20 @@ def test_demo_compares_unchunked_and_chunked_builds(tmp_path, capsys):
     assert code == 0, captured.err
     out = captured.out
     assert "AutoChunk plan for main (llvm): 1 region(s) chunked" in out
-    assert "max abs difference chunked vs unchunked 0" in out
+    assert "max abs difference chunked vs unchunked 0 (tolerance 0.0001)" in out
     assert "measured" in out and "of unchunked" in out
     assert "speed: chunked/unchunked time" in out
     for step in ("[1/8] importing gpt", "[3/8] selecting a chunk plan", "[8/8] timing"):
         assert step in captured.err
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "profile_plan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_fails_when_outputs_differ_beyond_the_dtype_tolerance(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_tolerance", lambda dtype: -1.0)  # any difference is too much
+    args = ["demo", *GPT, "--budget", "0.5", "--no-measure", "--plot", str(tmp_path / "p.png")]
+    assert cli.main(args) == 1
+    assert "outputs differ from the unchunked build's" in capsys.readouterr().err
 
 
 def test_demo_bad_preset_exits_2_with_what_to_do(capsys):
