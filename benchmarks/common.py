@@ -21,7 +21,7 @@ import autochunk_tvm as ac
 import numpy as np
 import tvm
 from autochunk_tvm.analysis.planned import as_target
-from autochunk_tvm.runtime import speed_ratio
+from autochunk_tvm.runtime import output_arrays, speed_ratio
 from autochunk_tvm.runtime.measure import vm_callable
 from tvm import relax
 
@@ -84,9 +84,7 @@ class Subject:
         return vm_callable(ex, self.args, device=self.device)
 
     def outputs(self, ex) -> list[np.ndarray]:
-        out = self.call(ex)()
-        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-        return [o.numpy() for o in outs]
+        return output_arrays(self.call(ex)())
 
     def max_error(self, ex) -> float:
         """Largest absolute difference of ``ex``'s outputs from the unchunked build's."""

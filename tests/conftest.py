@@ -3,17 +3,14 @@ import torch
 import tvm
 from tvm import relax
 
-from autochunk_tvm.runtime import to_numpy
+from autochunk_tvm.runtime import output_arrays, to_numpy
 
 
 def run_on_vm(mod, args, target="llvm"):
     """Build ``mod`` for CPU, run ``main`` on ``args``; outputs as a list of numpy arrays."""
     ex = relax.build(mod, target=target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args])
-    if isinstance(out, tvm.runtime.Tensor):
-        return [out.numpy()]
-    return [o.numpy() for o in out]
+    return output_arrays(vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args]))
 
 
 def torch_outputs(model, args):

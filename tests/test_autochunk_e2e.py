@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 import autochunk_tvm as ac
-from autochunk_tvm.runtime.measure import to_numpy
+from autochunk_tvm.runtime.measure import output_arrays, to_numpy
 
 
 CASES = {
@@ -34,10 +34,7 @@ CASES = {
 
 def _run(ex, args):
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args])
-    if isinstance(out, tvm.runtime.Tensor):
-        return [out.numpy()]
-    return [o.numpy() for o in out]
+    return output_arrays(vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args]))
 
 
 # Selection on the 361-binding Evoformer and the 1012-binding UNet takes 1.5 and 4 minutes on

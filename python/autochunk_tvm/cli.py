@@ -135,12 +135,17 @@ def _load_program(path: str):
         raise CliError(str(err)) from err
 
 
-def _select(mod, budget: str, target, options: dict):
+def _select(mod, target, args: argparse.Namespace):
+    """``select_plan`` with the command line's budget and options; an unreachable budget
+    becomes exit status 3 with the smallest reachable peak."""
     from .selection import BudgetUnreachableError, select_plan
 
-    value = _budget_value(budget)
+    budget = args.budget
+    options: dict[str, Any] = {"strict": not args.allow_over_budget}
+    if args.max_chunks is not None:
+        options["max_chunks"] = args.max_chunks
     try:
-        return select_plan(mod, value, target, **options)
+        return select_plan(mod, _budget_value(budget), target, **options)
     except BudgetUnreachableError as err:
         from .analysis import format_bytes
 
@@ -173,13 +178,6 @@ def _budget_value(text: str) -> int | float | str:
     return value
 
 
-def _selection_options(args: argparse.Namespace) -> dict:
-    options: dict[str, Any] = {"strict": not args.allow_over_budget}
-    if args.max_chunks is not None:
-        options["max_chunks"] = args.max_chunks
-    return options
-
-
 def _apply(mod, selection, target):
     """The module with the selected plan lowered (the module itself for an empty plan)."""
     from .lowering import lower_chunk_plan
@@ -196,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import autochunk_tvm as ac
     from autochunk_tvm.analysis import format_bytes
-    from autochunk_tvm.runtime.measure import vm_callable
+    from autochunk_tvm.runtime.measure import output_arrays, vm_callable
     from autochunk_tvm.selection.tune import device_for
 
     target = _target(args.target)
@@ -221,7 +219,7 @@ def _demo(args: argparse.Namespace) -> int:
     with progress.step(
         f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
     ):
-        selection = _select(mod, args.budget, target, _selection_options(args))
+        selection = _select(mod, target, args)
     report = ac.PlanReport.of(mod, selection)
     print(report)
     with progress.step("building the unchunked and the chunked module"):
@@ -232,9 +230,9 @@ def _demo(args: argparse.Namespace) -> int:
     run_plain = vm_callable(plain, inputs, device=device)
     run_chunked = vm_callable(chunked, inputs, device=device)
     with progress.step("checking the chunked outputs against the unchunked ones"):
-        got, want = _flat(run_chunked()), _flat(run_plain())
+        got, want = output_arrays(run_chunked()), output_arrays(run_plain())
         err = max(
-            float(np.max(np.abs(a.numpy().astype("float64") - b.numpy().astype("float64"))))
+            float(np.max(np.abs(a.astype("float64") - b.astype("float64"))))
             for a, b in zip(got, want, strict=True)
         )
     tolerance = _tolerance(str(want[0].dtype))
@@ -280,14 +278,6 @@ def _tolerance(dtype: str) -> float:
     return 1e-2 if dtype in ("float16", "bfloat16") else 1e-4
 
 
-def _flat(out) -> list:
-    import tvm
-
-    if isinstance(out, tvm.runtime.Tensor):
-        return [out]
-    return [t for o in out for t in _flat(o)]
-
-
 def _plan(args: argparse.Namespace) -> int:
     import json
 
@@ -300,7 +290,7 @@ def _plan(args: argparse.Namespace) -> int:
     with progress.step(
         f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
     ):
-        selection = _select(mod, args.budget, target, _selection_options(args))
+        selection = _select(mod, target, args)
     report = ac.PlanReport.of(mod, selection)
     print(report)
     with progress.step(f"writing plots and the report to {args.out_dir}"):
@@ -333,7 +323,7 @@ def _compile(args: argparse.Namespace) -> int:
         with progress.step(
             f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
         ):
-            selection = _select(mod, args.budget, target, _selection_options(args))
+            selection = _select(mod, target, args)
         print(ac.PlanReport.of(mod, selection))
     with progress.step(f"building for {target.kind.name}"):
         ex = relax.build(_apply(mod, selection, target) if selection else mod, target=target)

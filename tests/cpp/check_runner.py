@@ -50,13 +50,12 @@ def compile_model(target: str, work_dir: str):
 
 def python_outputs(lib_or_ex, inputs, device) -> list[np.ndarray]:
     import tvm
+    from autochunk_tvm.runtime import output_arrays
     from tvm import relax
 
     ex = tvm.runtime.load_module(lib_or_ex) if isinstance(lib_or_ex, str) else lib_or_ex
     vm = relax.VirtualMachine(ex, device)
-    out = vm["main"](*[tvm.runtime.tensor(np.load(p), device) for p in inputs])
-    outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-    return [o.numpy() for o in outs]
+    return output_arrays(vm["main"](*[tvm.runtime.tensor(np.load(p), device) for p in inputs]))
 
 
 def run_runner(runner, lib, inputs, out_dir, device="cpu"):

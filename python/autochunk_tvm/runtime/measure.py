@@ -73,6 +73,14 @@ def to_numpy(arg: Any) -> np.ndarray:
     return np.asarray(arg)
 
 
+def output_arrays(out: Any) -> list[np.ndarray]:
+    """What a VM function returned (a tensor, or tuples of them, nested), as numpy arrays in
+    order."""
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [a for item in out for a in output_arrays(item)]
+
+
 def save_inputs(args: Sequence[Any], folder: str, prefix: str = "input") -> list[str]:
     """Write each argument to ``folder/<prefix><i>.npy`` (what the C++ runner ``autochunk_run``
     and the measurement worker read); returns the paths in argument order."""
