@@ -1,5 +1,6 @@
 """Exact results of the activation-memory analysis on hand-computed graphs."""
 
+import numpy as np
 import pytest
 from tvm import relax
 from tvm.script import ir as I
@@ -197,3 +198,63 @@ def test_analysis_does_not_mutate_module():
     ac.estimate_activation_memory(Chain)
     ac.static_allocation(Chain, "llvm")
     assert Chain.script() == before
+
+
+def _function(params, bindings, result):
+    """A Relax function made of exactly these bindings (no normalization, which would bind a
+    tuple literal to a variable of its own before reading a field)."""
+    vbs = [relax.VarBinding(var, value) for var, value in bindings]
+    return relax.Function(params, relax.SeqExpr([relax.BindingBlock(vbs)], result), result.ty)
+
+
+def _tensor(name, n):
+    return relax.Var(name, relax.TensorType([n], "float32"))
+
+
+def test_field_of_a_tuple_literal_is_that_fields_storage():
+    # The lowered transformers GPT-2 reads a field of a tuple literal: `e = (a, b)[0]`.
+    x = _tensor("x", 16)
+    a, b, e, y = _tensor("a", 16), _tensor("b", 32), _tensor("e", 16), _tensor("y", 16)
+    func = _function(
+        [x],
+        [
+            (a, relax.op.exp(x)),  # 64 B
+            (b, relax.op.zeros(relax.ShapeExpr([32]), "float32")),  # 128 B
+            (e, relax.TupleGetItem(relax.Tuple([a, b]), 0)),  # a view of a
+            (y, relax.op.add(e, e)),  # 64 B; b is dead by now, a is read through e
+        ],
+        y,
+    )
+    p = ac.estimate_activation_memory(func)
+    assert [r.own_bytes for r in p.bindings] == [64, 128, 0, 64]
+    assert p.binding("y").live_tensors == ("x", "a", "y")
+
+
+def test_every_kind_of_value_is_accounted_for():
+    x = _tensor("x", 16)
+    s = relax.Var("s", relax.ShapeType(ndim=1))
+    k = relax.Var("k", relax.TensorType([16], "float32"))
+    c = relax.Var("c", relax.TensorType([16], "float32"))
+    y = _tensor("y", 16)
+    bindings = [
+        (s, relax.ShapeExpr([16])),  # a shape: no storage
+        (k, relax.const(np.ones(16, "float32"))),  # a bound constant is a weight
+        (c, relax.op.multiply(x, k)),  # 64 B
+        (y, relax.op.add(c, x)),  # 64 B
+    ]
+    p = ac.estimate_activation_memory(_function([x], bindings, y))
+    assert [r.own_bytes for r in p.bindings] == [0, 0, 64, 64]
+    assert p.weight_bytes == 64 and p.output_bytes == 64 and p.unsized == ()
+
+
+def test_one_list_of_views_for_memory_cost_and_report():
+    from autochunk_tvm.analysis.views import is_view_value
+
+    x = relax.Var("x", relax.TensorType([2, 3, 4], "float32"))
+    assert is_view_value(relax.op.flatten(x))  # legalizes to a reshape: a view
+    assert is_view_value(relax.op.reshape(x, (6, 4)))
+    assert not is_view_value(relax.op.permute_dims(x))  # TVM copies a transpose
+    assert not is_view_value(relax.op.broadcast_to(x, (2, 2, 3, 4)))
+    flat = _tensor("f", 24)
+    p = ac.estimate_activation_memory(_function([x], [(flat, relax.op.flatten(x))], flat))
+    assert p.bindings[0].own_bytes == 0

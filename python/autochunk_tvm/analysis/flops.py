@@ -138,12 +138,3 @@ def binding_flops(binding: relax.Binding, bounds: Mapping[str, int] | None = Non
     if isinstance(value, relax.Call):
         return call_flops(value, bounds)
     return 0
-
-
-def is_view(binding: relax.Binding) -> bool:
-    """Whether the binding launches no kernel after lowering (a reshape-like view, a tuple,
-    a tuple read, a constant or a variable alias)."""
-    value = binding.value
-    if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
-        return not isinstance(value, relax.Call)
-    return value.op.name in ("relax.reshape", "relax.expand_dims", "relax.squeeze")

@@ -24,6 +24,7 @@ apart and are not activation memory.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 from collections.abc import Mapping
 
@@ -32,32 +33,22 @@ from tvm import relax, tirx
 
 from .sizes import SizeExpr, evaluate, is_zero, type_bytes
 from .tir_workspace import workspace_bytes
+from .views import VIEW_OPS
 
 logger = logging.getLogger("autochunk_tvm")
 
-# NOTE [views]: these high-level ops become aliases of their input once lowered: LegalizeOps
-# turns them into reshape-pattern PrimFuncs and RewriteDataflowReshape turns those into
-# ``R.reshape``, which the VM executes as a view. Counting them as new tensors would double
-# count. ``permute_dims`` is *not* a view in TVM (it copies).
-VIEW_OPS = frozenset(
-    {
-        "relax.reshape",
-        "relax.expand_dims",
-        "relax.squeeze",
-        "relax.flatten",
-        "relax.memory.view",
-        "relax.memory.alloc_tensor",  # a tensor placed in a planned storage
-        "relax.memory.ensure_zero_offset",
-    }
-)
 # Calls that allocate the bytes named by their first (shape) argument rather than their type.
 STORAGE_ALLOC_OPS = frozenset({"relax.memory.alloc_storage", "relax.vm.alloc_storage"})
 # Calls that return nothing new and only release memory.
 RELEASE_OPS = frozenset({"relax.memory.kill_storage", "relax.memory.kill_tensor"})
 
-INPUT = "input"
-INTERMEDIATE = "intermediate"
-OUTPUT = "output"
+
+class StorageKind(enum.Enum):
+    """Who owns a storage, which decides how long it lives."""
+
+    INPUT = "input"  # a function parameter: owned by the caller, live for the whole call
+    INTERMEDIATE = "intermediate"  # made by a binding, freed after its last use
+    OUTPUT = "output"  # behind the function's result: live to the end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,10 +194,12 @@ def format_bytes(n: int) -> str:
 
 
 @dataclasses.dataclass
-class _Storage:
+class Storage:
+    """One allocation and its live interval (bindings ``start`` to ``end``, inclusive)."""
+
     name: str
     size: SizeExpr
-    kind: str
+    kind: StorageKind
     start: int
     end: int = -1
 
@@ -330,7 +323,7 @@ class Liveness:
     """
 
     bindings: list[relax.Binding]
-    storages: list[_Storage]
+    storages: list[Storage]
     sizes: list[int]
     ops: list[str]
     own: list[SizeExpr]
@@ -343,6 +336,189 @@ class Liveness:
     def workspaces(self) -> list[int]:
         """Total workspace bytes of each binding."""
         return [sum(allocs) for allocs in self.workspace_allocs]
+
+
+Backing = tuple[int, ...]  # indices into the storage list: what holds a value's bytes
+
+
+class _LivenessVisitor:
+    """Walks a function's bindings in program order and decides, for each, which storages
+    back its variable: one method per kind of bound value (``visit_<kind>``), each returning
+    the variable's :data:`Backing`; those that allocate add to ``storages`` first.
+
+    A value kind without a method is not guessed at: :meth:`visit_unknown` logs it and
+    counts the variable as a new allocation of its type's size (an upper bound).
+    """
+
+    def __init__(self, mod, func, bounds, workspace):
+        self.mod, self.func, self.bounds, self.workspace = mod, func, bounds, workspace
+        self.storages: list[Storage] = []
+        self.backing: dict[relax.Var, Backing] = {}
+        # Values whose fields are each backed by exactly one storage, so ``t[i]`` can alias
+        # just the i-th field's storage.
+        self.fields: dict[relax.Var, Backing] = {}
+        self.unsized: list[str] = []
+        self.weight_bytes = 0
+        self.index = -1
+        self.own: SizeExpr = 0  # bytes the binding being visited allocates
+        self._dispatch = (
+            (relax.Var, self.visit_var),  # DataflowVar too
+            (relax.Tuple, self.visit_tuple),
+            (relax.TupleGetItem, self.visit_tuple_get_item),
+            (relax.Call, self.visit_call),
+            (tvm.ir.expr.GenericConst, self.visit_constant),
+            (relax.If, self.visit_if),
+            # Values that hold no tensor: shapes, scalars, strings, functions.
+            (relax.ShapeExpr, self.visit_no_storage),
+            (tvm.ir.expr.Constant, self.visit_no_storage),  # scalars (after GenericConst)
+            (tvm.ir.expr.StringImm, self.visit_no_storage),
+            (relax.Function, self.visit_no_storage),
+            (relax.ExternFunc, self.visit_no_storage),
+            (tvm.ir.GlobalVar, self.visit_no_storage),
+        )
+
+    # -- building blocks -------------------------------------------------------------------
+
+    def new_storage(self, name: str, size: SizeExpr, kind: StorageKind) -> int:
+        self.storages.append(Storage(name, size, kind, start=self.index))
+        return len(self.storages) - 1
+
+    def backing_of(self, expr: relax.Expr) -> Backing:
+        """The storages behind any expression that can be an operand."""
+        if isinstance(expr, relax.Var):
+            return self.backing.get(expr, ())
+        if isinstance(expr, relax.Tuple):
+            return tuple(s for f in expr.fields for s in self.backing_of(f))
+        if isinstance(expr, relax.TupleGetItem):
+            return self.field_of(expr.tuple_value, expr.index)
+        return ()  # constants (weights), shapes, scalars: no activation storage
+
+    def fields_of(self, expr: relax.Expr) -> Backing | None:
+        """One storage per field of a tuple-valued expression, when that is known."""
+        if isinstance(expr, relax.Var):
+            return self.fields.get(expr)
+        if isinstance(expr, relax.Tuple):
+            per_field = [self.backing_of(f) for f in expr.fields]
+            if all(len(fs) == 1 for fs in per_field):
+                return tuple(fs[0] for fs in per_field)
+        return None
+
+    def field_of(self, tup: relax.Expr, index: int) -> Backing:
+        if isinstance(tup, relax.Tuple):
+            return self.backing_of(tup.fields[index])
+        fields = self.fields_of(tup)
+        return (fields[index],) if fields else self.backing_of(tup)
+
+    def sized(self, var: relax.Var, size: SizeExpr | None, what: str) -> SizeExpr:
+        if size is None:
+            self.unsized.append(var.name)
+            logger.warning("binding %s (%s) has no static size; counted as 0 bytes", var.name, what)
+            return 0
+        return size
+
+    def allocate(self, var: relax.Var, op: str) -> Backing:
+        """A new allocation of ``var``'s type; one per field for a tuple-typed result.
+
+        NOTE [multi-output calls]: each field of a call returning a tuple (split, a
+        multi-output call_tir) is its own allocation and dies on its own.
+        """
+        size = self.sized(var, type_bytes(var.ty), op)
+        if is_zero(size):
+            return ()
+        self.own = size
+        if isinstance(var.ty, relax.TupleType):
+            fields = tuple(
+                self.new_storage(
+                    f"{var.name}[{i}]", type_bytes(field) or 0, StorageKind.INTERMEDIATE
+                )
+                for i, field in enumerate(var.ty.fields)
+            )
+            self.fields[var] = fields
+            return fields
+        return (self.new_storage(var.name, size, StorageKind.INTERMEDIATE),)
+
+    # -- one method per kind of value ------------------------------------------------------
+
+    def visit_var(self, var: relax.Var, value: relax.Var) -> Backing:
+        """An alias (also a ``match_cast``): the source's storages."""
+        if value in self.fields:
+            self.fields[var] = self.fields[value]
+        return self.backing_of(value)
+
+    def visit_tuple(self, var: relax.Var, value: relax.Tuple) -> Backing:
+        """Packing values into a tuple allocates nothing."""
+        fields = self.fields_of(value)
+        if fields is not None:
+            self.fields[var] = fields
+        return self.backing_of(value)
+
+    def visit_tuple_get_item(self, var: relax.Var, value: relax.TupleGetItem) -> Backing:
+        """A field of a tuple: that field's storage when known, else the whole tuple's.
+        The tuple may be a variable or a tuple literal (``(lv22, lv28)[0]``)."""
+        return self.field_of(value.tuple_value, value.index)
+
+    def visit_call(self, var: relax.Var, value: relax.Call) -> Backing:
+        op = _op_name(value)
+        if op == "relax.memory.alloc_tensor":
+            return self.backing_of(value.args[0])  # a tensor placed in a planned storage
+        if op in VIEW_OPS:
+            return self.backing_of(value.args[0]) if value.args else ()
+        if op in RELEASE_OPS:
+            return ()
+        if op in STORAGE_ALLOC_OPS:
+            size = self.sized(var, _storage_alloc_bytes(value), op)
+            if is_zero(size):
+                return ()
+            self.own = size
+            return (self.new_storage(var.name, size, StorageKind.INTERMEDIATE),)
+        return self.allocate(var, op)
+
+    def visit_constant(self, var: relax.Var, value: tvm.ir.expr.GenericConst) -> Backing:
+        """A bound constant is a weight (counted apart), not activation memory."""
+        return ()
+
+    def visit_if(self, var: relax.Var, value: relax.If) -> Backing:
+        """Control flow: its result is a new allocation (what a branch computes inside is not
+        seen at this level)."""
+        return self.allocate(var, "if")
+
+    def visit_no_storage(self, var: relax.Var, value: relax.Expr) -> Backing:
+        return ()
+
+    def visit_unknown(self, var: relax.Var, value: relax.Expr) -> Backing:
+        logger.warning(
+            "binding %s is a %s, a kind of value the memory model does not know; counted as a "
+            "new allocation of its type",
+            var.name,
+            type(value).__name__,
+        )
+        return self.allocate(var, type(value).__name__)
+
+    # -- the walk --------------------------------------------------------------------------
+
+    def visit_binding(self, index: int, binding: relax.Binding) -> None:
+        var, value = binding.var, binding.value
+        self.index, self.own = index, 0
+        for kind, method in self._dispatch:
+            if isinstance(value, kind):
+                break
+        else:
+            method = self.visit_unknown
+        self.backing[var] = method(var, value)
+
+    def visit_params(self, num_input: int) -> None:
+        """Activation inputs are storages owned by the caller; weights are not."""
+        for i, param in enumerate(self.func.params):
+            size = type_bytes(param.ty)
+            if size is None:
+                self.unsized.append(param.name)
+                size = 0
+            if i >= num_input:
+                self.weight_bytes += evaluate(size, self.bounds)
+                self.backing[param] = ()
+                continue
+            self.index = -1
+            self.backing[param] = (self.new_storage(param.name, size, StorageKind.INPUT),)
 
 
 def analyse_liveness(
@@ -358,44 +534,27 @@ def analyse_liveness(
     """
     use_bounds = {**_default_bounds(func), **dict(bounds or {})}
     bindings = flat_bindings(func)
+    visitor = _LivenessVisitor(mod, func, use_bounds, workspace)
 
-    storages: list[_Storage] = []
-    backing: dict[relax.Var, tuple[int, ...]] = {}
-    weight_bytes = 0
-    unsized: list[str] = []
-
-    # Step 1. Parameters: activation inputs are storages owned by the caller; weights are not.
+    # Step 1. Parameters.
     num_input = len(func.params)
     if func.attrs is not None and "num_input" in func.attrs:
         num_input = int(func.attrs["num_input"])
-    for i, param in enumerate(func.params):
-        size = type_bytes(param.ty)
-        if size is None:
-            unsized.append(param.name)
-            size = 0
-        if i >= num_input:
-            weight_bytes += evaluate(size, use_bounds)
-            backing[param] = ()
-            continue
-        storages.append(_Storage(param.name, size, INPUT, start=-1))
-        backing[param] = (len(storages) - 1,)
+    visitor.visit_params(num_input)
 
-    # Step 2. Bindings: which storages back each value, which are new.
+    # Step 2. Bindings: which storages back each value, which are new; what each uses.
     constants: dict[relax.Expr, None] = {}  # ordered set, keyed by object identity
-    # Tuple values whose fields are each backed by exactly one storage, so ``t[i]`` can alias
-    # just the i-th field's storage.
-    tuple_fields: dict[relax.Var, tuple[int, ...]] = {}
     ops: list[str] = []
     workspaces: list[tuple[SizeExpr, ...]] = []
     own: list[SizeExpr] = []
     uses: list[set[int]] = []
     for index, binding in enumerate(bindings):
-        var, value = binding.var, binding.value
-        op = _op_name(value)
-        ops.append(op)
+        value = binding.value
+        ops.append(_op_name(value))
         _constants(value, constants)
-        used = {s for v in relax.analysis.free_vars(value) for s in backing.get(v, ())}
-        uses.append(used)
+        uses.append(
+            {s for v in relax.analysis.free_vars(value) for s in visitor.backing.get(v, ())}
+        )
         prim = _called_primfunc(value, mod)
         if prim is None:
             workspaces.append(())
@@ -403,71 +562,29 @@ def analyse_liveness(
             workspaces.append(tuple(workspace[callee]))
         else:
             workspaces.append((workspace_bytes(prim),))
-
-        if isinstance(value, relax.Var | relax.TupleGetItem | relax.Tuple) or op in VIEW_OPS:
-            if isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
-                # A field of a tuple: back it by the field's storage when we know it.
-                src = backing.get(value.tuple_value, ())
-                fields = tuple_fields.get(value.tuple_value)
-                backing[var] = (fields[value.index],) if fields else src
-            elif isinstance(value, relax.Tuple):
-                field_storages = [backing.get(f, ()) for f in value.fields]
-                backing[var] = tuple(s for fs in field_storages for s in fs)
-                if all(len(fs) == 1 for fs in field_storages):
-                    tuple_fields[var] = tuple(fs[0] for fs in field_storages)
-            elif op == "relax.memory.alloc_tensor":
-                backing[var] = backing.get(value.args[0], ())
-            else:
-                src_var = value if isinstance(value, relax.Var) else value.args[0]
-                backing[var] = backing.get(src_var, ()) if isinstance(src_var, relax.Var) else ()
-            own.append(0)
-            continue
-        if op in RELEASE_OPS:
-            backing[var] = ()
-            own.append(0)
-            continue
-        if op in STORAGE_ALLOC_OPS:
-            size = _storage_alloc_bytes(value)
-        else:
-            size = type_bytes(var.ty)
-        if size is None:
-            unsized.append(var.name)
-            logger.warning("binding %s (%s) has no static size; counted as 0 bytes", var.name, op)
-            size = 0
-        if is_zero(size):
-            backing[var] = ()
-            own.append(0)
-            continue
-        if isinstance(var.ty, relax.TupleType) and op not in STORAGE_ALLOC_OPS:
-            # NOTE [multi-output calls]: each field of a call returning a tuple (split, a
-            # multi-output call_tir) is its own allocation and dies on its own.
-            first = len(storages)
-            for i, field in enumerate(var.ty.fields):
-                storages.append(
-                    _Storage(f"{var.name}[{i}]", type_bytes(field) or 0, INTERMEDIATE, index)
-                )
-            tuple_fields[var] = tuple(range(first, len(storages)))
-            backing[var] = tuple_fields[var]
-        else:
-            storages.append(_Storage(var.name, size, INTERMEDIATE, start=index))
-            backing[var] = (len(storages) - 1,)
-        own.append(size)
+        visitor.visit_binding(index, binding)
+        own.append(visitor.own)
 
     # Step 3. Last uses; inputs and storages behind the result live to the end.
+    storages = visitor.storages
     end = len(bindings)
     for index, used in enumerate(uses):
         for s in used:
             storages[s].end = max(storages[s].end, index)
     result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
-    result_storages = {s for v in relax.analysis.free_vars(result) for s in backing.get(v, ())}
+    result_storages = set(visitor.backing_of(result))
+    result_storages |= {
+        s for v in relax.analysis.free_vars(result) for s in visitor.backing.get(v, ())
+    }
     for s, st in enumerate(storages):
-        if st.kind == INPUT:
+        if st.kind is StorageKind.INPUT:
             st.end = end
         elif s in result_storages:
-            st.kind, st.end = OUTPUT, end
+            st.kind, st.end = StorageKind.OUTPUT, end
         elif st.end < st.start:
             st.end = st.start  # never used: freed right after it is made
 
+    weight_bytes = visitor.weight_bytes
     for c in constants:
         weight_bytes += evaluate(type_bytes(c.ty) or 0, use_bounds)
     return Liveness(
@@ -479,7 +596,7 @@ def analyse_liveness(
         workspace_allocs=[tuple(evaluate(w, use_bounds) for w in ws) for ws in workspaces],
         weight_bytes=weight_bytes,
         bounds=use_bounds,
-        unsized=unsized,
+        unsized=visitor.unsized,
     )
 
 
@@ -568,8 +685,8 @@ def profile_from_liveness(name: str, live_info: Liveness) -> MemoryProfile:
             )
         )
 
-    input_bytes = sum(sizes[s] for s, st in enumerate(storages) if st.kind == INPUT)
-    output_bytes = sum(sizes[s] for s, st in enumerate(storages) if st.kind == OUTPUT)
+    input_bytes = sum(sizes[s] for s, st in enumerate(storages) if st.kind is StorageKind.INPUT)
+    output_bytes = sum(sizes[s] for s, st in enumerate(storages) if st.kind is StorageKind.OUTPUT)
     if records:
         peak = max(records, key=lambda r: r.live_bytes)
         peak_bytes, peak_index, peak_name = peak.live_bytes, peak.index, peak.name

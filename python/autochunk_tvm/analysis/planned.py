@@ -31,7 +31,7 @@ import tvm
 from tvm import relax
 
 from .sizes import type_bytes
-from .memory import INPUT, MemoryProfile, analyse_liveness, profile_from_liveness
+from .memory import MemoryProfile, StorageKind, analyse_liveness, profile_from_liveness
 from .tir_workspace import lowered_workspace_allocations
 
 PAGE_BYTES = 4096  # PooledAllocator::kDefaultPageSize and kWorkspacePageSize
@@ -247,7 +247,7 @@ def allocation_of_planned(
     allocs_at: dict[int, list[int]] = {}
     frees_at: dict[int, list[int]] = {}
     for s, st in enumerate(live.storages):
-        if st.kind == INPUT:
+        if st.kind is StorageKind.INPUT:
             continue
         allocs_at.setdefault(st.start, []).append(s)
         # NOTE [planned storages stay]: see the module docstring. Reusing a dead planned
@@ -281,7 +281,7 @@ def allocation_of_planned(
     planned = sum(
         live.sizes[s]
         for s, st in enumerate(live.storages)
-        if st.kind != INPUT and live.ops[st.start].startswith("relax.memory.alloc_storage")
+        if st.kind is not StorageKind.INPUT and live.ops[st.start].startswith("relax.memory.alloc_storage")
     )
     return StaticAllocation(
         peak_bytes=peak,

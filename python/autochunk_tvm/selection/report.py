@@ -9,6 +9,7 @@ from tvm import relax
 
 from ..analysis.memory import format_bytes
 from ..analysis.plot import save_figure
+from ..analysis.views import is_view
 from ..search.flow import flat_bindings
 from .select import Selection
 
@@ -22,6 +23,7 @@ class RegionReport:
     start: int
     end: int
     ops: tuple[str, ...]  # op names of the region's bindings, in order (views included)
+    kernels: tuple[str, ...]  # the same without views (analysis/views.py): what launches
     outputs: tuple[tuple[str, int], ...]  # (output, chunk axis)
     extent: int
     n_chunks: int
@@ -55,11 +57,13 @@ class PlanReport:
         regions = []
         for step, cost in zip(selection.plan.steps, selection.step_costs):
             cand = step.candidate
+            region = bindings[cand.start : cand.end + 1]
             regions.append(
                 RegionReport(
                     start=cand.start,
                     end=cand.end,
-                    ops=tuple(_op(b) for b in bindings[cand.start : cand.end + 1]),
+                    ops=tuple(_op(b) for b in region),
+                    kernels=tuple(_op(b) for b in region if not is_view(b)),
                     outputs=tuple((name, axis.axis) for name, axis in cand.outputs),
                     extent=int(cand.extent),
                     n_chunks=step.n_chunks,
@@ -105,7 +109,7 @@ class PlanReport:
             lines.append(
                 f"  [{r.start:>3}-{r.end:<3}] {axes:<27.27} {r.n_chunks:>5} x {r.chunk_len:<5}"
                 f"{format_bytes(r.bytes_before):>11} -> {format_bytes(r.bytes_after):<10}"
-                f"{r.cost:>7.4f}  {_ops_summary(r.ops)}"
+                f"{r.cost:>7.4f}  {_ops_summary(r.kernels)}"
             )
         return "\n".join(lines)
 
@@ -150,20 +154,7 @@ def _op(binding: relax.Binding) -> str:
     return type(value).__name__
 
 
-# Bindings that launch no kernel: views, tuple access and constants.
-_VIEWS = {
-    "reshape",
-    "permute_dims",
-    "expand_dims",
-    "squeeze",
-    "broadcast_to",
-    "TupleGetItem",
-    "GenericConst",
-}
-
-
-def _ops_summary(ops: tuple[str, ...], most: int = 6) -> str:
-    kernels = [o for o in ops if o not in _VIEWS]
+def _ops_summary(kernels: tuple[str, ...], most: int = 6) -> str:
     shown = ", ".join(kernels[:most])
     if len(kernels) > most:
         shown += f", ... ({len(kernels)} kernels)"

@@ -36,7 +36,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from ..analysis.flops import is_view
+from ..analysis.views import is_view
 from ..analysis.memory import estimate_activation_memory
 from ..lowering import ChunkPlan, ChunkStep
 from ..lowering.plan import ordered_steps
