@@ -252,3 +252,42 @@ def test_function_without_bindings_has_no_candidates():
 
     x = relax.Var("x", relax.TensorType((4,), "float32"))
     assert search_chunk_candidates(relax.Function([x], x)) == []
+
+
+@R.function
+def unknown_shape(x: R.Tensor((64, 16), "float32"), y: R.Tensor(ndim=2, dtype="float32")):
+    with R.dataflow():
+        h = R.exp(x)
+        r = R.reshape(y, R.shape([64, 16]))
+        o = R.add(h, r)
+        R.output(o)
+    return o
+
+
+def test_a_tensor_of_unknown_shape_is_a_barrier_not_a_crash():
+    # Once a TypeError from the reshape rule's shape arithmetic (rules/manipulate.py).
+    with pytest.raises(CantChunk, match="unknown shape"):
+        trace(unknown_shape, "r", "o", o=0)
+    assert trace(unknown_shape, "h", "h", h=0).extent == 64
+
+
+def test_a_rule_that_fails_is_a_barrier_with_its_reason_logged(caplog):
+    from autochunk_tvm.search import rules
+
+    @R.function
+    def f(x: R.Tensor((64, 16), "float32")):
+        with R.dataflow():
+            o = R.trunc(x)
+            R.output(o)
+        return o
+
+    @rules.register("relax.trunc")
+    def broken(call, out_axis):
+        raise IndexError("a bug in a user's rule")
+
+    try:
+        with pytest.raises(CantChunk, match="failed"):
+            trace(f, "o", "o", o=0)
+        assert "a bug in a user's rule" in caplog.text
+    finally:
+        rules.unregister("relax.trunc")

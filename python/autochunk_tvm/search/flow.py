@@ -19,6 +19,7 @@ hoistable (computed once outside the loop).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from fractions import Fraction
@@ -30,6 +31,8 @@ from ..analysis.memory import flat_bindings
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
 from . import rules
 from .rules import rule_for, same_dim, shape_of, static
+
+logger = logging.getLogger("autochunk_tvm")
 
 # (axis, scale) during tracing; scales are rational until normalized at the end.
 _Setting = tuple[int | None, Fraction]
@@ -54,7 +57,7 @@ def _arg_flows(call: relax.Call, axis: int):
     found = _rule_cache.get(key)
     if found is None:
         try:
-            found = rule_for(call)(call, axis)
+            found = _ask_rule(call, axis)
         except CantChunk as err:
             found = err
         if len(_rule_cache) >= _RULE_CACHE_LIMIT:
@@ -63,6 +66,49 @@ def _arg_flows(call: relax.Call, axis: int):
     if isinstance(found, CantChunk):
         raise type(found)(*found.args)  # a fresh one: re-raising would grow its traceback
     return found
+
+
+def _ask_rule(call: relax.Call, axis: int):
+    """The rule's answer for ``call`` chunked on output ``axis``.
+
+    NOTE [rules see known shapes]: rules read shapes and ranks; a tensor of unknown shape
+    (``R.Tensor(ndim=2)``, ``R.Tensor()``) among the call's result or arguments makes the op a
+    barrier before the rule is asked. A rule that fails on a call it does not understand (an
+    error other than :class:`CantChunk`, e.g. from a rule registered by a user) is a barrier
+    too, with the reason logged: the search never crashes on an op it cannot read.
+    """
+    for expr in (call, *call.args):
+        if _unknown_tensor(expr):
+            raise CantChunk(f"{_op_of(call)}: a tensor of unknown shape {expr.ty}")
+    rule = rule_for(call)
+    try:
+        return rule(call, axis)
+    except CantChunk:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of a rule stops the flow, logged
+        logger.warning(
+            "chunk rule %s failed on %s (axis %d) with %s: %s; the op is a barrier here",
+            getattr(rule, "__qualname__", rule),
+            _op_of(call),
+            axis,
+            type(err).__name__,
+            err,
+        )
+        raise CantChunk(f"the chunk rule for {_op_of(call)} failed: {err}") from None
+
+
+def _op_of(call: relax.Call) -> str:
+    return getattr(call.op, "name", str(call.op))
+
+
+def _unknown_tensor(expr: relax.Expr) -> bool:
+    return _unknown_tensor_type(expr.ty)
+
+
+def _unknown_tensor_type(ty) -> bool:
+    if isinstance(ty, relax.TupleType):
+        return any(_unknown_tensor_type(f) for f in ty.fields)
+    return isinstance(ty, relax.TensorType) and not isinstance(ty.shape, relax.ShapeExpr)
 
 
 def constant_names(region: list[relax.Binding]) -> dict[relax.Expr, str]:
