@@ -116,3 +116,29 @@ def test_file_that_is_not_an_exported_program(tmp_path):
     torch.save({"w": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="torch.export.save"):
         ac.from_torch(str(path))
+
+
+class Norms(torch.nn.Module):
+    """Norms without an affine transform (F.group_norm(x, g), F.layer_norm(x, shape)) beside
+    affine ones, as diffusion and pair-representation code writes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.gn = torch.nn.GroupNorm(4, 8)
+
+    def forward(self, x):
+        a = torch.nn.functional.group_norm(x, 2)
+        b = torch.nn.functional.layer_norm(x, x.shape[-1:])
+        return a + b + self.gn(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norms_without_weight_or_bias_import_and_match_torch(dtype):
+    # F.group_norm without weight and bias once raised a raw null-pointer InternalError.
+    torch.manual_seed(0)
+    model, x = Norms().to(dtype), torch.randn(2, 8, 6, 6, dtype=dtype)
+    out = run_on_vm(ac.from_torch(model, (x,)), (x,))[0]
+    with torch.no_grad():
+        expected = model(x).float().numpy()
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    np.testing.assert_allclose(np.asarray(out, dtype=np.float32), expected, rtol=tol, atol=tol)

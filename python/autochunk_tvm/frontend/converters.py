@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from tvm import relax
 
 Converter = Callable[[Any, Any], relax.Var]
@@ -166,10 +167,56 @@ def _in_float32(method: str) -> Converter:
 for _name, _method in [
     ("layer_norm.default", "_layer_norm"),
     ("native_layer_norm.default", "_native_layer_norm"),
-    ("group_norm.default", "_group_norm"),
-    ("native_group_norm.default", "_native_group_norm"),
 ]:
     CONVERTERS[_name] = _in_float32(_method)
+
+
+@register("group_norm.default", "native_group_norm.default")
+def _group_norm(node, importer) -> relax.Var:
+    """``aten.group_norm`` / ``aten.native_group_norm``, with or without an affine transform.
+
+    NOTE [affine-free group norm]: ``F.group_norm(x, groups)`` exports with ``weight=None,
+    bias=None``; TVM's converter hands those ``None``s to ``relax.op.nn.group_norm``, which
+    fails with a null-pointer error. A missing weight is ones and a missing bias zeros, as in
+    torch. bfloat16 inputs normalize in float32 (NOTE [bf16 norms]).
+    """
+    args = list(node.args)
+    if str(node.target).endswith("native_group_norm.default"):
+        # (input, weight, bias, N, C, HxW, group, eps)
+        x_node, weight, bias, groups, eps = args[0], args[1], args[2], args[6], args[7]
+    else:
+        # (input, num_groups, weight=None, bias=None, eps=1e-05, cudnn_enabled=True)
+        named = {"weight": None, "bias": None, "eps": 1e-05, **node.kwargs}
+        x_node, groups = args[0], args[1]
+        weight = args[2] if len(args) > 2 else named["weight"]
+        bias = args[3] if len(args) > 3 else named["bias"]
+        eps = args[4] if len(args) > 4 else named["eps"]
+    emit = importer.block_builder.emit
+    x = importer.env[x_node]
+    dtype = str(x.ty.dtype)
+    compute = "float32" if dtype == "bfloat16" else dtype
+    channels = int(x.ty.shape.values[1])
+
+    def operand(arg, fill: float) -> relax.Expr:
+        if arg is None:
+            return relax.const(np.full((channels,), fill, dtype=compute))
+        value = importer.env[arg]
+        return emit(relax.op.astype(value, compute)) if str(value.ty.dtype) != compute else value
+
+    if compute != dtype:
+        x = emit(relax.op.astype(x, compute))
+    out = emit(
+        relax.op.nn.group_norm(
+            x,
+            operand(weight, 1.0),
+            operand(bias, 0.0),
+            num_groups=int(groups),
+            channel_axis=1,
+            axes=list(range(2, x.ty.ndim)),
+            epsilon=float(eps),
+        )
+    )
+    return emit(relax.op.astype(out, dtype)) if compute != dtype else out
 
 
 _FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
