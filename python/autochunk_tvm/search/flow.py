@@ -28,6 +28,7 @@ import tvm
 from tvm import relax
 
 from ..analysis.memory import flat_bindings
+from ..analysis.views import is_view_value
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
 from . import rules
 from .rules import rule_for, same_dim, shape_of, static
@@ -283,6 +284,27 @@ def _tuple_shape(value: relax.Expr) -> list | None:
     return None
 
 
+def _computed_in(expr: relax.Expr, values: Mapping[relax.Var, relax.Expr]) -> bool:
+    """Whether a kernel inside the region computes ``expr``'s data, rather than ``expr``
+    being a region input, a constant, or a view of one (an alias, a tuple read, a reshape)."""
+    while True:
+        if isinstance(expr, relax.TupleGetItem):
+            tup = expr.tuple_value
+            expr = tup.fields[expr.index] if isinstance(tup, relax.Tuple) else tup
+            continue
+        if not isinstance(expr, relax.Var) or expr not in values:
+            return False  # a region input or a constant
+        value = values[expr]
+        if isinstance(value, relax.Tuple):
+            return any(_computed_in(f, values) for f in value.fields)
+        if isinstance(value, relax.Var | relax.TupleGetItem | tvm.ir.expr.GenericConst):
+            expr = value
+        elif isinstance(value, relax.Call) and is_view_value(value) and value.args:
+            expr = value.args[0]
+        else:
+            return True  # a kernel, control flow, anything else that makes new data
+
+
 def trace_region(
     func: relax.Function,
     start: int,
@@ -327,6 +349,13 @@ def trace_region(
         raise CantChunk(f"output axes given for {sorted(output_axes)}, outputs are {sorted(names)}")
 
     region = bindings[start : end + 1]
+    values = {b.var: b.value for b in region}
+    for var in outputs:
+        if not _computed_in(var, values):
+            # NOTE [outputs need a kernel]: `q, k, v = qkv(x).split(...)` reads fields of a
+            # tuple made before the region; a region that starts at such a read would output
+            # a view of its own input, which no kernel of its loop writes.
+            raise CantChunk(f"output {var.name} is a view of a region input: start after it")
     tracer = _Tracer(region)
     for var in outputs:
         shape = shape_of(var)
