@@ -71,18 +71,34 @@ def test_unreachable_error_keeps_its_numbers_across_the_ffi():
     assert (info.value.smallest_peak, info.value.budget) == (4096, 100)
 
 
-# -- chunk length: doubling, then bisection on the estimate --------------------------------
+# -- chunk length: secant and bisection on the estimate, from a length that fits ----------
 @pytest.mark.parametrize("extent", [1000, 1024, 37, 7])
 @pytest.mark.parametrize("target", [150, 400, 999, 10_000])
 def test_largest_fitting_chunk_length_is_exact(extent, target):
+    """Called as relax() calls it: from the fine length the plan was found at, which fits."""
+
     def held(length):  # X + Y + A * length, with a page-like step
         return 100 + 7 * length + (length % 3)
 
-    seen = {}
-    got = _largest_fitting(lambda n: seen.setdefault(n, held(n)), target, extent, seen)
     fitting = [n for n in range(1, extent + 1) if held(n) <= target]
-    assert got == (max(fitting) if fitting else None)
-    assert len(seen) <= 2 * math.ceil(math.log2(extent)) + 4  # estimates, not a scan
+    if not fitting:
+        return
+    for fits in sorted({min(fitting), max(1, max(fitting) // 3), max(fitting)}):
+        probes = []
+        got = _largest_fitting(lambda n: probes.append(n) or held(n), target, fits, extent)
+        assert got == max(fitting)
+        assert len(probes) <= 3 * math.ceil(math.log2(extent + 1)) + 2  # not a scan
+
+
+def test_largest_fitting_takes_secant_steps_on_a_linear_footprint():
+    probes = []
+    got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096)
+    assert got == 500 and probes == [8, 4096, 500, 501]  # the line lands on it
+
+
+def test_largest_fitting_treats_a_length_that_does_not_lower_as_too_large():
+    got = _largest_fitting(lambda n: math.inf if n > 40 else n, 100, 2, 64)
+    assert got == 40
 
 
 # -- cost model ---------------------------------------------------------------------------
@@ -138,7 +154,11 @@ def test_selection_meets_the_budget_with_attention_and_mlp_per_block(gpt):
         ops = {op_name(b) for b in region}
         kinds.append("attention" if "relax.nn.softmax" in ops else "mlp")
         assert "relax.nn.softmax" in ops or "relax.nn.gelu_tanh" in ops
-        assert step.candidate.extent == 1024 and 2 <= step.n_chunks < 64
+        # NOTE: with the cost model's ties (its one fitted term, the FLOP share, does not
+        # depend on the chunk length) relax() hands room to the steps in a fixed order, so one
+        # region may stay at the finest length (max_chunks) while another widens.
+        assert step.candidate.extent == 1024 and 2 <= step.n_chunks <= 64
+    assert max(s.chunk_len for s in sel.plan.steps) >= 128  # relaxed past the fine length
     assert kinds == ["attention", "mlp", "attention", "mlp"]
     assert 1.0 <= sel.plan.estimated_cost < 1.1
     # the estimate (legalized once, composites spliced in) is what the lowered module allocates
@@ -226,7 +246,7 @@ def test_autochunk_needs_a_target_and_a_valid_budget(gpt):
         ac.transform.AutoChunk(0.5)(mod)
     with pytest.raises(ValueError, match="cannot read budget"):
         ac.transform.AutoChunk("lots", target="llvm")(mod)
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(TypeError, match="unexpected keyword argument .beam."):
         ac.transform.AutoChunk(0.5, target="llvm", beam=4)
 
 
@@ -281,3 +301,28 @@ def test_selection_goes_on_past_a_step_that_raises_the_excess():
         sel = select_plan(mod, 0.25, "cuda", strict=False)
     assert len(sel.plan.steps) >= 2
     assert sel.plan.estimated_peak <= 0.3 * sel.unchunked_peak
+
+
+def test_a_candidate_that_does_not_lower_is_dropped_not_fatal(gpt, monkeypatch):
+    """Selection goes on without a region whose lowering fails (once such a failure, inside
+    one candidate's estimate, aborted ac.build with the LoweringError)."""
+    import autochunk_tvm.selection.estimate as estimate_module
+
+    _, _, mod, est = gpt
+    real = estimate_module.lower_chunk_plan
+
+    def attention_fails(mod, plan, *args, **kwargs):
+        for step in plan.steps:
+            region = est.bindings[step.candidate.start : step.candidate.end + 1]
+            if any(op_name(b) == "relax.nn.softmax" for b in region):
+                raise ac.LoweringError("no kernel for this stage (test)")
+        return real(mod, plan, *args, **kwargs)
+
+    monkeypatch.setattr(estimate_module, "lower_chunk_plan", attention_fails)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select_plan(mod, 0.5, "llvm", strict=False)
+    assert sel.plan.steps and sel.plan.estimated_peak < sel.unchunked_peak
+    for step in sel.plan.steps:
+        region = est.bindings[step.candidate.start : step.candidate.end + 1]
+        assert all(op_name(b) != "relax.nn.softmax" for b in region)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
+import numbers
 import time
 import warnings
 from collections.abc import Mapping
@@ -36,9 +38,9 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from ..analysis.memory import check_module, estimate_activation_memory
 from ..analysis.views import is_view
-from ..analysis.memory import estimate_activation_memory
-from ..lowering import ChunkPlan, ChunkStep
+from ..lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError
 from ..lowering.plan import ordered_steps
 from ..search.candidate import ChunkCandidate
 from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
@@ -121,6 +123,24 @@ class _Selector:
         self.storage_of = _view_sources(estimator.bindings)
         self._candidates: dict[int, list[ChunkCandidate]] = {}
         self._costs: dict[ChunkStep, float] = {}
+        self._unlowerable: set[ChunkCandidate] = set()  # shared by with_budget copies
+
+    def try_estimate(self, steps, added: ChunkCandidate | None = None) -> PlanEstimate | None:
+        """The plan's estimate, or None when it cannot be lowered.
+
+        NOTE [unlowerable candidates]: a candidate the chunk flow allows may still fail to
+        lower (a stage without a kernel, a GPU stage without a schedule). Such a plan is
+        dropped with the reason logged, and ``added``, the candidate that broke it, is not
+        tried again; selection goes on with the others instead of aborting the build.
+        """
+        try:
+            return self.est.estimate(steps)
+        except (LoweringError, ChunkPlanError, tvm.error.InternalError) as err:
+            where = f"region [{added.start}, {added.end}]" if added is not None else "a plan"
+            logger.info("select: dropped %s, it does not lower: %s", where, err)
+            if added is not None:
+                self._unlowerable.add(added)
+            return None
 
     def with_budget(self, budget: int) -> _Selector:
         """The same selector (sharing its caches) for another budget."""
@@ -232,7 +252,9 @@ class _Selector:
                 steps = ordered_steps([*kept, self.step(cand, self.fine_length(cand))])
                 if steps == state.steps:
                     continue
-                estimate = self.est.estimate(steps)
+                estimate = self.try_estimate(steps, added=cand)
+                if estimate is None:
+                    continue
                 if estimate.excess(self.budget) < excess:
                     children.append(_State(steps, estimate))
                 elif estimate.peak < state.estimate.peak:
@@ -247,25 +269,32 @@ class _Selector:
         steps = list(state.steps)
         for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
             others = [s for s in steps if s is not step]
-            if self.est.estimate(ordered_steps(others)).peak <= self.budget:
+            if self.peak_of(ordered_steps(others)) <= self.budget:
                 steps = others
         for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
             others = [s for s in steps if s is not step]
             cand = step.candidate
 
             def peak(chunk_len: int, others=others, cand=cand) -> int:
-                return self.est.estimate(ordered_steps([*others, self.step(cand, chunk_len)])).peak
+                return self.peak_of(ordered_steps([*others, self.step(cand, chunk_len)]))
 
-            seen = {step.chunk_len: peak(step.chunk_len)}
-            best = _largest_fitting(peak, self.budget, cand.extent, seen)
-            steps = [*others, self.step(cand, best if best is not None else step.chunk_len)]
+            best = _largest_fitting(peak, self.budget, step.chunk_len, cand.extent)
+            steps = [*others, self.step(cand, best)]
         steps = ordered_steps(steps)
         return _State(steps, self.est.estimate(steps))
 
+    def peak_of(self, steps) -> int | float:
+        """The plan's estimated peak; infinite (never fits) when it does not lower."""
+        estimate = self.try_estimate(steps)
+        return math.inf if estimate is None else estimate.peak
+
     def _legal(self, state: _State, centre: int) -> list[ChunkCandidate]:
-        """Candidates around ``centre`` that do not cut through a region already chunked."""
+        """Candidates around ``centre`` that do not cut through a region already chunked, and
+        that lower."""
         out = []
         for cand in self.candidates(centre):
+            if cand in self._unlowerable:
+                continue
             cut = any(
                 s.candidate.start <= cand.end
                 and cand.start <= s.candidate.end
@@ -277,45 +306,36 @@ class _Selector:
         return out
 
 
-def _largest_fitting(held, target: int, extent: int, seen: Mapping[int, int]) -> int | None:
-    """The largest chunk length in ``[1, extent]`` with ``held(length) <= target``, or
-    ``None``; ``held`` grows with the length (about linearly: ``X + Y + A * length``).
+def _largest_fitting(held, target: int, fits: int, extent: int) -> int:
+    """The largest chunk length in ``[fits, extent]`` with ``held(length) <= target``, given
+    that ``fits`` is such a length; ``held`` grows with the length, about linearly
+    (``X + Y + A * length``), and may be infinite (a length that does not lower).
 
-    Doubling the chunk count until one fits brackets the answer; then the bracket shrinks by a
-    secant step on the line through its ends, alternating with bisection so that a bad line
-    (page rounding, a step in the storage plan) cannot slow it below bisection. ``seen`` holds
-    the lengths already estimated (``held`` fills it) and is reused.
+    The bracket ``[lo, hi)`` starts at ``[fits, extent + 1)``; the first probe is the whole
+    extent, so both ends of the bracket have values. Then steps cycle: a secant step on the
+    line through the bracket's ends, a probe next to it (on a straight line the secant lands
+    on the answer and its neighbour closes the bracket), and a bisection, so that a bad line
+    (page rounding, a step in the storage plan) cannot slow it below a third of bisection's
+    pace.
     """
-    fitting = [length for length, v in seen.items() if v <= target]
-    lo = max(fitting, default=0)  # 0: nothing fits yet
-    hi = min(
-        (length for length, v in seen.items() if v > target and length > lo), default=extent + 1
-    )  # extent + 1: not known to fail
-    extrapolate = True
-    while lo == 0:
-        # Fewer chunks than twice as many as the smallest failing length is pointless; a line
-        # through the two shortest failing lengths usually lands next to the answer.
-        length = (hi - 1) // 2 + 1 if hi <= extent else -(-extent // 2)
-        failing = sorted(x for x in seen if x >= hi)[:2]
-        if extrapolate and len(failing) == 2 and seen[failing[1]] > seen[failing[0]]:
-            (x0, x1), (v0, v1) = failing, (seen[failing[0]], seen[failing[1]])
-            length = int(x0 - (v0 - target) * (x1 - x0) / (v1 - v0))
-        extrapolate = not extrapolate
-        length = min(max(length, 1), hi - 1)
-        if held(length) <= target:
-            lo = length
-        elif length == 1:
-            return None
-        else:
-            hi = length
-    secant = True
+    values = {fits: held(fits)}
+    lo, hi = fits, extent + 1  # lo fits; hi is the smallest length known not to (or past it)
+    step = 0
+    last_fit = True
     while hi - lo > 1:
+        kind = ("secant", "adjacent", "bisect")[step % 3]
         guess = (lo + hi) // 2
-        if secant and hi in seen and seen[hi] > seen[lo]:
-            guess = lo + int((hi - lo) * (target - seen[lo]) / (seen[hi] - seen[lo]))
+        if hi > extent:
+            guess = extent
+        elif kind == "secant" and math.isfinite(values[hi]) and values[hi] > values[lo]:
+            guess = lo + int((hi - lo) * (target - values[lo]) / (values[hi] - values[lo]))
+        elif kind == "adjacent":
+            guess = lo + 1 if last_fit else hi - 1
         guess = min(max(guess, lo + 1), hi - 1)
-        secant = not secant
-        if held(guess) <= target:
+        step += hi <= extent  # the probe of the whole extent starts no cycle
+        values[guess] = held(guess)
+        last_fit = values[guess] <= target
+        if last_fit:
             lo = guess
         else:
             hi = guess
@@ -333,6 +353,25 @@ def _view_sources(bindings) -> dict[str, str]:
             if isinstance(arg, relax.Var):
                 source[binding.var.name] = source.get(arg.name, arg.name)
     return source
+
+
+def check_settings(
+    *, beam_width: int, top_k: int, max_chunks: int, max_stages: int, headroom: float
+) -> None:
+    """A ValueError naming the setting, for a selection setting out of its range."""
+    counts = [
+        ("beam_width", beam_width),
+        ("top_k", top_k),
+        ("max_chunks", max_chunks),
+        ("max_stages", max_stages),
+    ]
+    for name, value in counts:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(headroom, bool) or not isinstance(headroom, numbers.Real):
+        raise ValueError(f"headroom must be a number in [0, 1), got {headroom!r}")
+    if not 0.0 <= headroom < 1.0:
+        raise ValueError(f"headroom must be in [0, 1), got {headroom}")
 
 
 def select_plan(
@@ -394,12 +433,24 @@ def select_plan(
         An empty plan when the unchunked build already fits.
     """
     began = time.perf_counter()
+    check_module(mod, func_name, "select_plan")
+    check_settings(
+        beam_width=beam_width,
+        top_k=top_k,
+        max_chunks=max_chunks,
+        max_stages=max_stages,
+        headroom=headroom,
+    )
     est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
-    if not isinstance(est.func, relax.Function):
-        raise TypeError(f"{func_name!r} is not a Relax function")
-    if not 0.0 <= headroom < 1.0:
-        raise ValueError(f"headroom must be in [0, 1), got {headroom}")
     baseline = est.estimate(())
+    unsized = baseline.allocation.profile.unsized
+    if unsized:
+        raise ValueError(
+            f"{func_name} has tensors of unknown shape ({', '.join(unsized[:5])}"
+            f"{', ...' if len(unsized) > 5 else ''}): their memory cannot be predicted, so no "
+            "budget can be checked. Give every tensor a static shape, or a symbolic one with "
+            "an upper bound (torch.export's Dim(..., max=...) or bounds=)"
+        )
     limit = parse_budget(budget, baseline.peak)
     root = _State((), baseline)
     if baseline.peak <= limit:
