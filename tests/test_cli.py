@@ -116,6 +116,8 @@ def test_bad_paths_and_files_exit_2_saying_what_to_give(tmp_path, capsys):
     not_pt2.write_text("not a program")
     assert cli.main(["compile", str(not_pt2), "--quiet"]) == 2
     assert "not a torch.export program" in capsys.readouterr().err
+    assert cli.main(["compile", str(tmp_path), "--quiet"]) == 2  # once exit 1
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_bench_finds_the_suite_of_the_checkout(capsys):

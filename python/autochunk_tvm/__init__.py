@@ -16,7 +16,7 @@ The public entry points of the foundation:
 * :mod:`models` - GPT, ViT, AlphaFold Evoformer and Stable-Diffusion UNet factories.
 """
 
-from . import models, transform
+from . import transform
 from .analysis import (
     BindingMemory,
     MemoryProfile,
@@ -34,6 +34,17 @@ from .selection import BudgetUnreachableError, CostModel, Selection, parse_budge
 from .selection.report import PlanReport
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # NOTE [lazy torch]: the zoo builds torch modules; importing it only when it is used keeps
+    # `import autochunk_tvm` (and everything that works on Relax alone) free of torch.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BindingMemory",

@@ -124,9 +124,10 @@ def _load_program(path: str):
     """A Relax module from a saved torch.export program."""
     from .frontend import UnsupportedOperatorError, from_torch
 
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
+        what = f"{path!r} is a directory" if os.path.isdir(path) else f"no such file: {path!r}"
         raise CliError(
-            f"no such file: {path!r}; give the path of a .pt2 saved with "
+            f"{what}; give the path of a .pt2 saved with "
             "torch.export.save(torch.export.export(model, args), path)"
         )
     try:

@@ -307,6 +307,25 @@ def _resolve(
     )
 
 
+def check_module(mod: object, func_name: str, caller: str) -> None:
+    """Raise a TypeError/ValueError that says what to pass when ``mod`` is not an IRModule
+    with a Relax function ``func_name``."""
+    if not isinstance(mod, tvm.IRModule):
+        raise TypeError(
+            f"{caller} expects a Relax tvm.IRModule, got {type(mod).__module__}."
+            f"{type(mod).__qualname__}; import a PyTorch model with autochunk_tvm.from_torch "
+            "first"
+        )
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    if func_name not in names:
+        raise ValueError(
+            f"the module has no function {func_name!r} (it has {sorted(names)}); pass "
+            "func_name= to use another one"
+        )
+    if not isinstance(mod[func_name], relax.Function):
+        raise TypeError(f"{func_name!r} is a {type(mod[func_name]).__name__}, not a Relax function")
+
+
 def _default_bounds(func: relax.Function) -> dict[str, int]:
     attrs = func.attrs
     if attrs is None or "tir_var_upper_bound" not in attrs:

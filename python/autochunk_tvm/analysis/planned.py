@@ -30,8 +30,14 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from .memory import (
+    MemoryProfile,
+    StorageKind,
+    analyse_liveness,
+    check_module,
+    profile_from_liveness,
+)
 from .sizes import type_bytes
-from .memory import MemoryProfile, StorageKind, analyse_liveness, profile_from_liveness
 from .tir_workspace import lowered_workspace_allocations
 
 PAGE_BYTES = 4096  # PooledAllocator::kDefaultPageSize and kWorkspacePageSize
@@ -228,6 +234,7 @@ def static_allocation(
     the pages a smaller input touches, so a CPU measurement below the bound is lower than this
     prediction; at the bound the two agree.
     """
+    check_module(mod, func_name, "static_allocation")
     tgt = as_target(target)
     return allocation_of_planned(lower_to_memory_plan(mod, tgt), tgt, func_name, bounds)
 
@@ -281,7 +288,8 @@ def allocation_of_planned(
     planned = sum(
         live.sizes[s]
         for s, st in enumerate(live.storages)
-        if st.kind is not StorageKind.INPUT and live.ops[st.start].startswith("relax.memory.alloc_storage")
+        if st.kind is not StorageKind.INPUT
+        and live.ops[st.start].startswith("relax.memory.alloc_storage")
     )
     return StaticAllocation(
         peak_bytes=peak,

@@ -136,9 +136,7 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
         if not isinstance(func, tirx.PrimFunc):
             continue
         key = (tag, tvm_ffi.structural_hash(func))
-        hit = next(
-            (v for f, v in _cache.get(key, ()) if tvm_ffi.structural_equal(f, func)), None
-        )
+        hit = next((v for f, v in _cache.get(key, ()) if tvm_ffi.structural_equal(f, func)), None)
         if hit is not None:
             found[gv.name_hint] = hit
             continue

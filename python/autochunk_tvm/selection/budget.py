@@ -8,8 +8,10 @@ part of it; weights are constants of the module and not part of it either.
 
 from __future__ import annotations
 
+import numbers
 import re
 
+import numpy as np
 import tvm_ffi
 
 _UNITS = {
@@ -74,13 +76,14 @@ def parse_budget(budget: int | float | str, unchunked_peak: int | None = None) -
     ValueError
         For anything else, with what to write instead.
     """
-    if isinstance(budget, bool):
+    if isinstance(budget, bool | np.bool_):
         raise ValueError(_help(budget))
-    if isinstance(budget, int):
+    if isinstance(budget, numbers.Integral):  # numpy integers too
         if budget <= 0:
             raise ValueError(f"a budget in bytes must be positive, got {budget}")
-        return budget
-    if isinstance(budget, float):
+        return int(budget)
+    if isinstance(budget, numbers.Real):  # numpy floating scalars too
+        budget = float(budget)
         if not 0.0 < budget <= 1.0:
             raise ValueError(
                 f"a float budget is a fraction of the unchunked peak and must be in (0, 1], "
@@ -103,6 +106,12 @@ def parse_budget(budget: int | float | str, unchunked_peak: int | None = None) -
             raise ValueError(f"budget {budget!r} is below one byte")
         return int(value)
     raise ValueError(_help(budget))
+
+
+def check_budget(budget: int | float | str) -> None:
+    """Raise the :func:`parse_budget` error now if ``budget`` is not a budget at all (the
+    unchunked peak, which a fraction needs, is known only once the module is)."""
+    parse_budget(budget, unchunked_peak=1)
 
 
 def _fraction(fraction: float, unchunked_peak: int | None) -> int:

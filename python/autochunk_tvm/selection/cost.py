@@ -35,8 +35,8 @@ from pathlib import Path
 from tvm import relax
 
 from ..analysis.flops import binding_flops
-from ..analysis.views import is_view
 from ..analysis.sizes import dtype_bytes
+from ..analysis.views import is_view
 from ..search.candidate import ChunkCandidate
 from ..search.flow import flat_bindings
 
