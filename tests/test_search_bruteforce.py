@@ -162,6 +162,16 @@ def _legal_by_brute_force(region, out_var, axis, env_full):
     return False
 
 
+def _only_aliases_an_input(region, out_var) -> bool:
+    """Whether the region's output is a variable alias (``gv = lv1``) of a value made before
+    the region: these graphs have no other views."""
+    values = {b.var: b.value for b in region}
+    v = out_var
+    while v in values and isinstance(values[v], relax.Var):
+        v = values[v]
+    return v not in values
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graph=graphs())
 def test_search_misses_no_legal_region_of_length_up_to_4(graph):
@@ -177,6 +187,8 @@ def test_search_misses_no_legal_region_of_length_up_to_4(graph):
             if len(outputs) != 1:
                 continue
             out = outputs[0]
+            if _only_aliases_an_input(bindings[start : end + 1], out):
+                continue  # nothing to compute in a loop: not a region (NOTE [outputs need a kernel])
             for axis in range(env[out].ndim):
                 legal = _legal_by_brute_force(bindings[start : end + 1], out, axis, dict(env))
                 try:
