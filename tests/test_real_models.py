@@ -1,0 +1,91 @@
+"""The corpus of real architectures (``autochunk_tvm.models.corpus``), built from the
+libraries' own configs with random weights: every stage runs on graphs this project did not
+write. Each model is skipped, with the reason, when its library is not installed.
+
+Default suite: every model imports, its unchunked build equals PyTorch, and the static
+prediction is within 3% of the measured peak; AutoChunk at 30% of the peak is checked on the
+decoder families, where `ac.build` once crashed in the liveness analysis. The AutoChunk check
+of every other model runs with ``-m slow`` (selection takes minutes on 2 cores).
+"""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+import autochunk_tvm as ac
+from autochunk_tvm.models.corpus import CORPUS, corpus_model, missing_library
+from autochunk_tvm.runtime import output_arrays, to_numpy
+
+
+def _built(name):
+    missing = missing_library(name)
+    if missing is not None:
+        pytest.skip(f"{name} needs {missing}, which is not installed")
+    model, args = corpus_model(name)
+    return model, args, ac.from_torch(model, args)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _built(name)
+        return cache[name]
+
+    return get
+
+
+def _run(ex, args):
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return output_arrays(vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args]))
+
+
+def _torch(model, args):
+    with torch.no_grad():
+        out = model(*args)
+    return [o.numpy() for o in (out if isinstance(out, tuple | list) else (out,))]
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_unchunked_build_equals_pytorch_and_its_memory_is_predicted(corpus, name):
+    model, args, mod = corpus(name)
+    plain = relax.build(mod, "llvm")
+    got, want = _run(plain, args), _torch(model, args)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    predicted = ac.static_allocation(mod, "llvm").peak_bytes
+    measured = ac.measure_peak_memory(plain, args).peak_bytes
+    assert abs(predicted - measured) <= 0.03 * measured, (predicted, measured)
+
+
+DEFAULT_AUTOCHUNK = {"gpt2_masked", "llama"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in DEFAULT_AUTOCHUNK else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CORPUS)],
+)
+def test_autochunk_at_30_percent_meets_the_budget_with_equal_outputs(corpus, name):
+    model, args, mod = corpus(name)
+    seen = []
+    try:
+        chunked = ac.build(mod, "llvm", budget=0.3, on_selection=seen.append)
+    except ac.BudgetUnreachableError as err:
+        # the floor must itself be a budget that can be met
+        assert err.smallest_peak > err.budget
+        sel = ac.select_plan(mod, err.smallest_peak, "llvm")
+        assert sel.reached
+        pytest.xfail(f"{name}: 30% is below the floor, {err.smallest_peak / 2**20:.1f} MiB")
+    (sel,) = seen
+    assert sel.reached and sel.plan.steps
+    plain = relax.build(mod, "llvm")
+    for g, w in zip(_run(chunked, args), _run(plain, args)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    measured = ac.measure_peak_memory(chunked, args).peak_bytes
+    # the estimate measures up to ~3% low on chunked plans; selection keeps 3% headroom
+    assert measured <= sel.budget * 1.03, (measured, sel.budget)
