@@ -290,16 +290,8 @@ def _resolve(
         )
         return None, mod_or_func, name
     if isinstance(mod_or_func, tvm.IRModule):
-        names = [gv.name_hint for gv in mod_or_func.get_global_vars()]
-        if func_name not in names:
-            raise ValueError(
-                f"the module has no function {func_name!r} (it has {sorted(names)}); pass "
-                "func_name= to analyse another one"
-            )
-        func = mod_or_func[func_name]
-        if not isinstance(func, relax.Function):
-            raise TypeError(f"{func_name!r} is a {type(func).__name__}, not a Relax function")
-        return mod_or_func, func, func_name
+        check_module(mod_or_func, func_name, "estimate_activation_memory")
+        return mod_or_func, mod_or_func[func_name], func_name
     raise TypeError(
         "estimate_activation_memory expects a tvm.IRModule or a relax.Function, got "
         f"{type(mod_or_func).__module__}.{type(mod_or_func).__qualname__}; import a PyTorch "

@@ -16,8 +16,8 @@ allows:
    Plans reaching the same steps merge (the DP); the ``beam_width`` with the least excess
    memory, then the least cost, go on until ``beam_width`` plans fit.
 4. *Relax* every plan that fits: steps it does not need are dropped, and each step, most
-   expensive first, gets the largest chunk length at which the whole plan still fits (doubling
-   and bisection on the estimate). The cheapest relaxed plan by the cost model wins.
+   expensive first, gets the largest chunk length at which the whole plan still fits (secant steps and
+   bisection on the estimate, from the length it was found at). The cheapest relaxed plan by the cost model wins.
 
 When nothing fits, the plan with the smallest peak found is what ``strict=False`` returns and
 what :class:`~.budget.BudgetUnreachableError` reports.
