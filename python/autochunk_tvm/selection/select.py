@@ -227,19 +227,9 @@ class _Selector:
             if way not in ways and len(picked) < self.top_k:
                 picked.append(cand)
                 ways.add(way)
-        # The ranking is approximate (Relax-level bytes): always size one lowest-peak region,
-        # and fill the places left with the lowest-peak regions of other ways first (GPT-2's
-        # first attention block: the three lowest peaks all chunked its 4 heads, and the
-        # query axis, which goes 128 times finer, was never tried).
-        room = max(1, self.top_k - len(picked))
-        fresh = []
-        for *_, cand in other:
-            way = (cand.axes.get(name), cand.extent)
-            if way not in ways:
-                fresh.append(cand)
-                ways.add(way)
-        rest = [cand for *_, cand in other if cand not in fresh]
-        picked.extend((fresh + rest)[:room])
+        # The ranking is approximate (Relax-level bytes): always size one lowest-peak region.
+        for *_, cand in other[: max(1, self.top_k - len(picked))]:
+            picked.append(cand)
         return picked
 
     def expand(self, state: _State) -> list[_State]:
