@@ -8,15 +8,14 @@ decoder families, where `ac.build` once crashed in the liveness analysis. The Au
 of every other model runs with ``-m slow`` (selection takes minutes on 2 cores).
 """
 
+import autochunk_tvm as ac
 import numpy as np
 import pytest
-import torch
 import tvm
-from tvm import relax
-
-import autochunk_tvm as ac
 from autochunk_tvm.models.corpus import CORPUS, corpus_model, missing_library
 from autochunk_tvm.runtime import output_arrays, to_numpy
+from conftest import torch_outputs
+from tvm import relax
 
 
 def _built(name):
@@ -47,17 +46,11 @@ def _run(ex, args):
     return output_arrays(vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args]))
 
 
-def _torch(model, args):
-    with torch.no_grad():
-        out = model(*args)
-    return [o.numpy() for o in (out if isinstance(out, tuple | list) else (out,))]
-
-
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_unchunked_build_equals_pytorch_and_its_memory_is_predicted(corpus, name):
     model, args, mod = corpus(name)
     plain = relax.build(mod, "llvm")
-    got, want = _run(plain, args), _torch(model, args)
+    got, want = _run(plain, args), torch_outputs(model, args)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
