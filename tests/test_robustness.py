@@ -139,3 +139,20 @@ def test_the_package_works_on_relax_without_torch(tmp_path):
     script.write_text(code)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_build_does_not_load_the_test_oracle():
+    """The reference executor (search/reference.py) exists to check search against the
+    lowering; the lowering and the pass must not depend on it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import autochunk_tvm.lowering, autochunk_tvm.selection, autochunk_tvm.transform\n"
+        "import autochunk_tvm.pipeline, autochunk_tvm.cli\n"
+        "print('autochunk_tvm.search.reference' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

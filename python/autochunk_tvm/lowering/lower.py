@@ -23,7 +23,7 @@ from tvm import relax
 from ..analysis.planned import as_target
 from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
 from ..search.flow import flat_bindings, trace_region
-from ..search.reference import substitute
+from ..search.rewrite import substitute
 from .composite import CompositeBuilder, Variant
 from .plan import ChunkPlan, ChunkPlanError, ChunkStep, ordered_steps
 from .region import LoweringError, RegionFunction, region_function

@@ -18,7 +18,7 @@ from tvm import relax
 
 from ..search.candidate import WHOLE, ChunkAxis, ChunkCandidate
 from ..search.flow import constant_names, flat_bindings
-from ..search.reference import substitute, with_chunk_shape
+from ..search.rewrite import substitute, with_chunk_shape
 
 
 @tvm_ffi.register_error  # keeps its type across the FFI boundary of a module pass
