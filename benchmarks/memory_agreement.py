@@ -5,8 +5,8 @@
 
 For each case: the high-level Relax liveness peak (what search reasons about), the static
 prediction of what the llvm build allocates during one call (``static_allocation``), and the
-peak RSS growth of a fresh process across one call (``measure_peak_memory``). The issue's bar:
-static within 5% of runtime, on sizes whose activations exceed 64 MiB.
+peak RSS growth of a fresh process across one call (``measure_peak_memory``). The bar: static
+within 3% of runtime, on sizes whose activations exceed 64 MiB.
 """
 
 from __future__ import annotations
@@ -34,11 +34,16 @@ CASES = [
     ("unet", "small", {"image_size": 384}),
     ("unet", "small", {"image_size": 448}),
     ("unet", "small", {"image_size": 512}),
+    # triangle multiplicative updates and the pair transition alone (no attention): once
+    # over-predicted by 8-12%, one pair tensor held by a planned storage the VM had freed
+    ("pair_update", "small", {"n_res": 256}),
+    ("pair_update", "small", {"n_res": 320}),
+    ("pair_update", "small", {"n_res": 384}),
 ]
 
 
 def run_case(name: str, preset: str, overrides: dict) -> dict:
-    model, args = ac.models.FACTORIES[name](preset, **overrides)
+    model, args = getattr(ac.models, name)(preset, **overrides)
     mod = ac.from_torch(model, args)
     profile = ac.estimate_activation_memory(mod)
     static = ac.static_allocation(mod, "llvm")
@@ -138,11 +143,11 @@ def main() -> int:
             f"{r['static_bytes'] / MIB:.1f} | {r['runtime_bytes'] / MIB:.1f} | {r['error']:+.1%} |"
         )
     worst = max(abs(r["error"]) for r in rows)
-    lines += ["", f"Largest disagreement: {worst:.1%} (bar: 5%)."]
+    lines += ["", f"Largest disagreement: {worst:.1%} (bar: 3%)."]
     with open(os.path.join(out_dir, "memory_agreement.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(out_dir, "memory_agreement.png"))
-    return 0 if worst <= 0.05 else 1
+    return 0 if worst <= 0.03 else 1
 
 
 if __name__ == "__main__":

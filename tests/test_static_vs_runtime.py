@@ -1,6 +1,8 @@
-"""The static prediction of what a build allocates agrees with a runtime measurement (5%)."""
+"""The static prediction of what a build allocates agrees with a runtime measurement (3%)."""
 
 import pytest
+import torch
+from torch import nn
 
 import autochunk_tvm as ac
 
@@ -9,11 +11,15 @@ MIB = 1024 * 1024
 
 def _agreement(name, overrides):
     model, args = ac.models.FACTORIES[name]("small", **overrides)
+    return _agreement_of(model, args)
+
+
+def _agreement_of(model, args):
     mod = ac.from_torch(model, args)
     static = ac.static_allocation(mod, "llvm")
     measured = ac.measure_peak_memory(mod, args, target="llvm")
     assert measured.peak_bytes > 64 * MIB, "case too small to test agreement meaningfully"
-    assert abs(static.peak_bytes - measured.peak_bytes) <= 0.05 * measured.peak_bytes, (
+    assert abs(static.peak_bytes - measured.peak_bytes) <= 0.03 * measured.peak_bytes, (
         static.peak_bytes / MIB,
         measured.peak_bytes / MIB,
     )
@@ -29,6 +35,34 @@ def test_gpt_static_prediction_matches_runtime_rss():
 def test_evoformer_static_prediction_matches_runtime_rss():
     # many kernels with several workspace buffers each: exercises the workspace-pool replay
     _agreement("evoformer", {"n_res": 128})
+
+
+class TriangleUpdate(nn.Module):
+    """An AlphaFold-style triangle multiplicative update and pair transition, written here
+    rather than taken from the zoo: gated projections, an einsum contracting a pair axis."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm, self.norm_out, self.norm_t = nn.LayerNorm(c), nn.LayerNorm(c), nn.LayerNorm(c)
+        self.a, self.a_gate = nn.Linear(c, c), nn.Linear(c, c)
+        self.b, self.b_gate = nn.Linear(c, c), nn.Linear(c, c)
+        self.gate, self.out = nn.Linear(c, c), nn.Linear(c, c)
+        self.up, self.down = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+
+    def forward(self, z):
+        x = self.norm(z)
+        a = torch.sigmoid(self.a_gate(x)) * self.a(x)
+        b = torch.sigmoid(self.b_gate(x)) * self.b(x)
+        t = torch.einsum("ikc,jkc->ijc", a, b)
+        z = z + torch.sigmoid(self.gate(x)) * self.out(self.norm_out(t))
+        return z + self.down(torch.relu(self.up(self.norm_t(z))))
+
+
+def test_triangle_update_prediction_matches_runtime_rss():
+    # Once over-predicted by one pair tensor (9%): every planned storage was held to the end,
+    # though the VM frees a dead one and the run-time output allocation reuses it.
+    torch.manual_seed(0)
+    _agreement_of(TriangleUpdate(64).eval(), (torch.randn(256, 256, 64),))
 
 
 @pytest.mark.slow

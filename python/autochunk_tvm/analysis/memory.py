@@ -342,6 +342,8 @@ class Liveness:
     weight_bytes: int
     bounds: dict[str, int]
     unsized: list[str]
+    # The storages behind each variable (params and bound vars), as indices into ``storages``.
+    backing: dict[relax.Var, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def workspaces(self) -> list[int]:
@@ -608,6 +610,7 @@ def analyse_liveness(
         weight_bytes=weight_bytes,
         bounds=use_bounds,
         unsized=visitor.unsized,
+        backing=visitor.backing,
     )
 
 

@@ -445,3 +445,32 @@ def evoformer(
     msa = torch.randn(cfg.n_seq, cfg.n_res, cfg.c_m, generator=gen)
     pair = torch.randn(cfg.n_res, cfg.n_res, cfg.c_z, generator=gen)
     return finalize(model, (msa, pair), dtype)
+
+
+class PairUpdate(nn.Module):
+    """The Evoformer's triangle multiplicative updates and pair transition alone, with their
+    residuals: pair in, pair out. No attention, so the pair-size projections, gates and the
+    contraction over the third node set the memory (the case the memory benchmark adds)."""
+
+    def __init__(self, cfg: EvoformerConfig) -> None:
+        super().__init__()
+        self.tri_mul_out = TriangleMultiplication(cfg, outgoing=True)
+        self.tri_mul_in = TriangleMultiplication(cfg, outgoing=False)
+        self.pair_transition = Transition(cfg.c_z, cfg.transition_factor)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        pair = pair + self.tri_mul_out(pair)
+        pair = pair + self.tri_mul_in(pair)
+        return pair + self.pair_transition(pair)
+
+
+def pair_update(
+    preset: str = "tiny", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides
+) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Build a :class:`PairUpdate` and a ``(n_res, n_res, c_z)`` pair input for it; presets
+    and overrides as for :func:`evoformer` (only the pair widths are used)."""
+    cfg = resolve_config(EvoformerConfig, PRESETS, preset, overrides)
+    model = PairUpdate(cfg)
+    init_weights_(model, seed)
+    pair = torch.randn(cfg.n_res, cfg.n_res, cfg.c_z, generator=seeded_generator(seed + 1))
+    return finalize(model, (pair,), dtype)
