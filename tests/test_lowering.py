@@ -18,6 +18,7 @@ from tvm import relax, s_tir
 
 import autochunk_tvm as ac
 from autochunk_tvm.analysis.planned import as_target
+from autochunk_tvm.lowering.stages import legalize_region
 from autochunk_tvm.lowering import (
     COMPOSITE_ATTR,
     ChunkPlan,
@@ -161,6 +162,28 @@ def test_fp16_gpt_attention_within_half_precision():
     mod = ac.from_torch(model, args)
     cand = _region(mod, search_chunk_candidates(mod), "relax.nn.softmax", 2)
     _check(mod, args, ChunkPlan.of((cand, 5)), tol=2e-3)
+
+
+def test_cpu_chunk_kernels_fuse_elementwise_loop_nests():
+    """A kernel at chunk shape has small constant loop extents, which LLVM unrolled completely:
+    a chunked fp16 GPT once took 200 s to JIT (NOTE [small constant loop nests]). Elementwise
+    kernels get one fused loop; reductions keep their nest."""
+    x = relax.Var("x", relax.TensorType((1, 21, 512), "float16"))
+    bb = relax.BlockBuilder()
+    with bb.function("region", [x]):
+        g = bb.emit(relax.op.nn.gelu_tanh(x))
+        s = bb.emit(relax.op.sum(g, axis=[2]))
+        bb.emit_func_output(s)
+    legal = legalize_region(bb.get()["region"], as_target("llvm"))
+    loops = {}
+    for prim in legal.functions.values():
+        if isinstance(prim, tvm.tirx.PrimFunc):
+            sch = s_tir.Schedule(tvm.IRModule({"main": prim}))
+            for block in sch.get_child_blocks(sch.get_sblock("root")):
+                loops[sch.get(block).name_hint] = len(sch.get_loops(block))
+    spatial = [n for n in loops if "T_" in n or "gelu" in n or "compute" in n]
+    assert spatial and all(loops[n] == 1 for n in spatial), loops
+    assert max(loops.values()) >= 3, loops  # the sum's (spatial, spatial, reduce) nest
 
 
 # ---- the composite itself ----------------------------------------------------------------------
