@@ -146,20 +146,21 @@ def test_selection_meets_the_budget_with_attention_and_mlp_per_block(gpt):
     sel = select_plan(mod, 0.5, "llvm", estimator=est)
     assert sel.reached and sel.plan.estimated_peak <= sel.budget
     assert sel.budget == int(0.5 * sel.unchunked_peak)
-    # per block: the attention scores over queries, then the MLP over the sequence (its GELU
-    # keeps two hidden-size workspace buffers, the next peak once the scores are chunked)
-    kinds = []
+    # per block, the attention scores over queries; a region may run on into the MLP (its
+    # GELU keeps two hidden-size workspace buffers, the next peak once the scores are chunked)
+    attention_blocks = 0
     for step in sel.plan.steps:
         region = est.bindings[step.candidate.start : step.candidate.end + 1]
         ops = {op_name(b) for b in region}
-        kinds.append("attention" if "relax.nn.softmax" in ops else "mlp")
+        attention_blocks += "relax.nn.softmax" in ops
         assert "relax.nn.softmax" in ops or "relax.nn.gelu_tanh" in ops
         # NOTE: with the cost model's ties (its one fitted term, the FLOP share, does not
         # depend on the chunk length) relax() hands room to the steps in a fixed order, so one
         # region may stay at the finest length (max_chunks) while another widens.
         assert step.candidate.extent == 1024 and 2 <= step.n_chunks <= 64
-    assert max(s.chunk_len for s in sel.plan.steps) >= 128  # relaxed past the fine length
-    assert kinds == ["attention", "mlp", "attention", "mlp"]
+    assert attention_blocks == 2
+    fine = 1024 // 64  # the finest length, max_chunks chunks
+    assert max(s.chunk_len for s in sel.plan.steps) > 2 * fine  # relaxed past it
     assert 1.0 <= sel.plan.estimated_cost < 1.1
     # the estimate (legalized once, composites spliced in) is what the lowered module allocates
     lowered = ac.static_allocation(ac.lower_chunk_plan(mod, sel.plan, "llvm"))
@@ -211,7 +212,8 @@ def test_report_names_regions_and_draws_the_profile(gpt, tmp_path):
     sel = select_plan(mod, 0.5, "llvm", estimator=est)
     report = ac.PlanReport.of(mod, sel)
     text = str(report)
-    assert "4 region(s) chunked" in text and "softmax" in text and "budget" in text
+    assert f"{len(sel.plan.steps)} region(s) chunked" in text
+    assert "softmax" in text and "budget" in text
     assert [r.n_chunks for r in report.regions] == [s.n_chunks for s in sel.plan.steps]
     assert all(r.bytes_after <= r.bytes_before for r in report.regions)
     json.dumps(report.to_dict())
@@ -230,11 +232,11 @@ def test_autochunk_pass_in_a_pipeline_with_the_target_scope(gpt):
     with tvm.target.Target("llvm"):
         chunked = seq(mod)
     assert mod.script() == before  # the caller's module is untouched
-    assert len(seen) == 1 and len(seen[0].plan.steps) == 4
+    assert len(seen) == 1 and len(seen[0].plan.steps) >= 2  # an attention per block
     composites = [
         gv for gv, f in chunked.functions.items() if "autochunk.composite" in (f.attrs or {})
     ]
-    assert len(composites) == 4
+    assert len(composites) == len(seen[0].plan.steps)
     np.testing.assert_allclose(
         run_on_vm(chunked, args)[0], run_on_vm(mod, args)[0], rtol=1e-5, atol=1e-5
     )
@@ -294,10 +296,12 @@ def test_selection_goes_on_past_a_step_that_raises_the_excess():
     """On CUDA, chunking one of GPT's two attention blocks lowers the peak but raises the
     bytes over the budget (the shared score storage is still allocated, one layer later, and
     the chunk storages are new); no single step lowers them. Selection must take the lower
-    peak and go on: before it did, it stopped at 98% of the unchunked peak for a 25% budget."""
+    peak and go on: before it did, it stopped at 98% of the unchunked peak for a 25% budget.
+    (Since planned storages are modelled as freed after their last use, 25% is met: 24%.)"""
     model, args = ac.models.gpt("small", seq_len=768, n_layer=2)
     mod = ac.from_torch(model, args)
-    with pytest.warns(UserWarning, match="smallest peak found"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "smallest peak found", should 25% be missed
         sel = select_plan(mod, 0.25, "cuda", strict=False)
     assert len(sel.plan.steps) >= 2
     assert sel.plan.estimated_peak <= 0.3 * sel.unchunked_peak
@@ -326,3 +330,27 @@ def test_a_candidate_that_does_not_lower_is_dropped_not_fatal(gpt, monkeypatch):
     for step in sel.plan.steps:
         region = est.bindings[step.candidate.start : step.candidate.end + 1]
         assert all(op_name(b) != "relax.nn.softmax" for b in region)
+
+
+def test_an_unreachable_budget_explains_its_floor():
+    """The error and the plan report say what the smallest peak is made of: the tensors live
+    there, each with why it is held whole; and a budget of that floor is met."""
+    model, args = ac.models.gpt("small", seq_len=256, n_layer=1)
+    mod = ac.from_torch(model, args)
+    est = PlanEstimator(mod, "llvm")
+    with pytest.raises(BudgetUnreachableError) as caught:
+        select_plan(mod, 0.05, "llvm", estimator=est)
+    err = caught.value
+    message = str(err)
+    assert "at the peak" in message and err.smallest_peak > err.budget
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select_plan(mod, 0.05, "llvm", estimator=est, strict=False)
+    report = ac.PlanReport.of(mod, sel)
+    held = report.peak.held
+    assert held and all(t.reason and t.nbytes > 0 for t in held)
+    assert sum(t.nbytes for t in held) <= report.peak.peak_bytes
+    names = {b.var.name for b in est.bindings}
+    assert all(t.name in names for t in held)
+    assert held[0].name in message and str(report.peak) in str(report)
+    assert select_plan(mod, err.smallest_peak, "llvm", estimator=est).reached

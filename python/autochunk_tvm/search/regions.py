@@ -10,6 +10,7 @@ import tvm
 from tvm import relax
 
 from ..analysis import MemoryProfile, estimate_activation_memory
+from ..analysis.views import is_view
 from .candidate import CantChunk, ChunkCandidate
 from .flow import flat_bindings, last_uses, region_outputs, trace_region
 from .rules import same_dim, shape_of, static
@@ -18,8 +19,13 @@ logger = logging.getLogger("autochunk_tvm")
 
 # NOTE [search window]: the peak is a property of a few consecutive bindings (the paper's
 # Fig. 4: most bindings use under 30% of the peak), so regions worth chunking are short runs
-# around it. 24 bindings each side covers a transformer block's attention or MLP at the
-# Relax level (about 10-20 bindings each) with room for the residual and norms around them.
+# around it. 24 kernels each side covers a transformer block's attention or MLP (about 10-20
+# kernels each) with room for the residual and norms around them. The window counts kernels,
+# not bindings: views (reshapes, tuple reads; analysis/views.py) launch nothing, and how many
+# of them an importer emits says nothing about the region. OpenFold's triangle attention is
+# 56 bindings from its key projection to the probabilities' matmul with the values, 30 of
+# them reshapes and expand_dims; counted in bindings, a window of 24 cut it before that
+# matmul and left the full (rows, heads, N, N) probabilities as the region's output.
 DEFAULT_WINDOW = 24
 # Regions with more outputs than this are not traced: each output must be chunked in step with
 # the others, and real chunkable regions (attention, MLP, transitions) have one or two.
@@ -33,7 +39,7 @@ def _axis_choices(var: relax.Var) -> list[int]:
     return [a for a, d in enumerate(shape) if static(d) != 1]
 
 
-def _aligned_combinations(outputs: list[relax.Var]):
+def aligned_combinations(outputs: list[relax.Var]):
     """Axis choices for all outputs whose dims along the chunk axis are equal (stage 1).
 
     Conservative: outputs that align only through a reshape scale (``(24, 8)`` beside
@@ -51,6 +57,22 @@ def _aligned_combinations(outputs: list[relax.Var]):
         else:
             for combo in itertools.product(*rest):
                 yield (axis, *combo)
+
+
+def window_bounds(bindings: list[relax.Binding], centre: int, window: int) -> tuple[int, int]:
+    """The first and last binding index of the search window: ``window`` kernels (bindings
+    that are not views) each side of ``centre``, and the views between them."""
+    first = centre
+    kernels = 0
+    while first > 0 and kernels < window:
+        first -= 1
+        kernels += not is_view(bindings[first])
+    last = centre
+    kernels = 0
+    while last < len(bindings) - 1 and kernels < window:
+        last += 1
+        kernels += not is_view(bindings[last])
+    return first, last
 
 
 def search_chunk_candidates(
@@ -73,7 +95,8 @@ def search_chunk_candidates(
         Its memory profile; computed when not given. The search centres on
         ``profile.peak_index``.
     window
-        How many bindings before and after the peak a region may extend.
+        How many kernels (bindings that are not views) before and after the peak a region
+        may extend.
     centre
         Search around this binding index instead of the profile's peak (selection uses the
         binding where the memory of the *built* module first exceeds the budget).
@@ -101,15 +124,16 @@ def search_chunk_candidates(
         if peak < 0:
             return []
     last_use = last_uses(func)
+    first, last = window_bounds(bindings, peak, window)
     found: list[ChunkCandidate] = []
     traced = 0
-    for start in range(max(0, peak - window), peak + 1):
-        for end in range(peak, min(len(bindings), peak + window + 1)):
+    for start in range(first, peak + 1):
+        for end in range(peak, last + 1):
             outputs = region_outputs(func, start, end, last_use, bindings)
             # Stage 1: cheap checks on the region's outputs only.
             if not outputs or len(outputs) > MAX_OUTPUTS:
                 continue
-            for combo in _aligned_combinations(outputs):
+            for combo in aligned_combinations(outputs):
                 traced += 1
                 axes = {v.name: a for v, a in zip(outputs, combo)}
                 try:  # Stage 2: the full flow trace

@@ -11,6 +11,7 @@ from ..analysis.memory import format_bytes
 from ..analysis.plot import save_figure
 from ..analysis.views import is_view
 from ..search.flow import flat_bindings
+from .peak import PeakAccount, account_for_peak
 from .select import Selection
 
 MIB = 1 << 20
@@ -50,6 +51,7 @@ class PlanReport:
     evaluated: int
     footprint_before: tuple[int, ...]
     footprint_after: tuple[int, ...]
+    peak: PeakAccount  # what the chunked peak is made of; printed when the budget is not met
 
     @classmethod
     def of(cls, mod, selection: Selection, func_name: str = "main") -> PlanReport:
@@ -86,6 +88,7 @@ class PlanReport:
             evaluated=selection.evaluated,
             footprint_before=selection.baseline.footprint,
             footprint_after=selection.estimate.footprint,
+            peak=account_for_peak(mod[func_name], selection.plan.steps, selection.estimate),
         )
 
     def __str__(self) -> str:
@@ -111,6 +114,8 @@ class PlanReport:
                 f"{format_bytes(r.bytes_before):>11} -> {format_bytes(r.bytes_after):<10}"
                 f"{r.cost:>7.4f}  {_ops_summary(r.kernels)}"
             )
+        if not self.reached:
+            lines.append(str(self.peak))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
