@@ -31,7 +31,7 @@ class CorpusModel:
 
     name: str
     library: str
-    build: Callable[[], Built]
+    build: Callable[..., Built]  # keyword size arguments, all with test-size defaults
     description: str
 
 
@@ -359,7 +359,7 @@ CORPUS: dict[str, CorpusModel] = {
         CorpusModel(
             "gpt2_masked",
             "transformers",
-            lambda: gpt2(masked=True),
+            lambda **size: gpt2(masked=True, **size),
             "GPT2LMHeadModel with an attention mask, 2 layers, seq 512",
         ),
         CorpusModel("llama", "transformers", llama, "LlamaForCausalLM (GQA, mask), seq 512"),
@@ -386,8 +386,9 @@ def missing_library(name: str) -> str | None:
     return library if importlib.util.find_spec(library) is None else None
 
 
-def corpus_model(name: str) -> Built:
-    """Build corpus entry ``name``: ``(module, example_args)``.
+def corpus_model(name: str, **size: int) -> Built:
+    """Build corpus entry ``name``: ``(module, example_args)``. ``size`` overrides the
+    builder's size arguments (``seq_len=2048``, ``n_res=192``); the default is the test size.
 
     Raises
     ------
@@ -408,4 +409,4 @@ def corpus_model(name: str) -> Built:
         raise ImportError(
             f"corpus model {name!r} is built by {missing}, which is not installed: {how}"
         )
-    return CORPUS[name].build()
+    return CORPUS[name].build(**size)
