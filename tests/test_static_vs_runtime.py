@@ -114,3 +114,18 @@ def test_symbolic_module_is_predicted_at_its_bound():
     measured = ac.measure_peak_memory(mod, (torch.randn(16384, 64),))
     assert measured.peak_bytes > 64 * MIB
     assert abs(static.peak_bytes - measured.peak_bytes) <= 0.05 * measured.peak_bytes
+
+
+def test_cuda_library_scan_workspace_is_sized_at_its_call():
+    """DispatchSortScan gives CUDA a generic cumsum kernel whose workspace is written in its
+    own shape variables (8*m*n bytes); the call's shapes fix them. GPT-2's position ids (a
+    cumsum over the mask) once failed the whole CUDA estimate on it."""
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((4, 1280), "int64"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        y = bb.emit(relax.op.cumsum(x, axis=1))
+        bb.emit_func_output(y)
+    static = ac.static_allocation(bb.get(), "cuda")
+    assert static.workspace_bytes >= 8 * 4 * 1280

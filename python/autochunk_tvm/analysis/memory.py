@@ -256,6 +256,34 @@ def _called_primfunc(value: relax.Expr, mod: tvm.IRModule | None) -> tirx.PrimFu
     return None
 
 
+def _callee_shape_values(
+    value: relax.Call, prim: tirx.PrimFunc, var: relax.Var
+) -> dict[str, int]:
+    """Values of the PrimFunc's own shape variables at this call, by name.
+
+    A generic kernel (a library scan or sort, ``gpu_2d_continuous_cumsum(A: (m, n), ...)``)
+    is written for any shape and sizes its workspace in its own variables; the call's static
+    argument shapes fix them.
+    """
+    if isinstance(value.op, tvm.ir.Op):  # call_tir(callee, (inputs...)): outputs are `var`
+        inputs = value.args[1]
+        args = list(inputs.fields) if isinstance(inputs, relax.Tuple) else [inputs]
+        out_ty = var.ty
+        outs = list(out_ty.fields) if isinstance(out_ty, relax.TupleType) else [out_ty]
+        types = [a.ty for a in args] + outs
+    else:  # called directly after CallTIRRewrite: arguments are inputs, then outputs
+        types = [a.ty for a in value.args]
+    values: dict[str, int] = {}
+    for param, ty in zip(prim.params, types):  # TVM 0.27: a PrimFunc's params are Buffers
+        shape = getattr(ty, "shape", None)
+        if not isinstance(param, tirx.Buffer) or not isinstance(shape, relax.ShapeExpr):
+            continue
+        for dim, actual in zip(param.shape, shape.values):
+            if isinstance(dim, tirx.Var) and isinstance(actual, tirx.IntImm):
+                values[dim.name] = int(actual)
+    return values
+
+
 def _callee_name(value: relax.Call) -> str:
     callee = value.args[0] if isinstance(value.op, tvm.ir.Op) else value.op
     return callee.name_hint
@@ -559,6 +587,7 @@ def analyse_liveness(
     constants: dict[relax.Expr, None] = {}  # ordered set, keyed by object identity
     ops: list[str] = []
     workspaces: list[tuple[SizeExpr, ...]] = []
+    callee_shapes: list[dict[str, int]] = []  # a generic kernel's shape variables, per call
     own: list[SizeExpr] = []
     uses: list[set[int]] = []
     for index, binding in enumerate(bindings):
@@ -575,6 +604,7 @@ def analyse_liveness(
             workspaces.append(tuple(workspace[callee]))
         else:
             workspaces.append((workspace_bytes(prim),))
+        callee_shapes.append(_callee_shape_values(value, prim, binding.var) if prim else {})
         visitor.visit_binding(index, binding)
         own.append(visitor.own)
 
@@ -606,7 +636,10 @@ def analyse_liveness(
         sizes=[evaluate(st.size, use_bounds) for st in storages],
         ops=ops,
         own=own,
-        workspace_allocs=[tuple(evaluate(w, use_bounds) for w in ws) for ws in workspaces],
+        workspace_allocs=[
+            tuple(evaluate(w, {**use_bounds, **shapes}) for w in ws)
+            for ws, shapes in zip(workspaces, callee_shapes)
+        ],
         weight_bytes=weight_bytes,
         bounds=use_bounds,
         unsized=visitor.unsized,

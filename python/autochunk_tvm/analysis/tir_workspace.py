@@ -87,8 +87,10 @@ def _storage_passes() -> list:
     NOTE [exact workspace]: the sum of ``alloc_buffer`` allocations over-counts: ``StorageRewrite``
     shares memory between buffers whose lifetimes do not overlap (it halves the workspace of a
     fused ``multiply -> where`` chain, for example). Running TVM's own passes up to that point
-    gives the allocations the built kernel will really make. The list mirrors the 0.27 pipeline
-    order; passes after ``StorageRewrite`` do not change global allocations.
+    gives the allocations the built kernel will really make. The list is the 0.27 pipeline,
+    pass for pass; passes after ``StorageRewrite`` do not change global allocations. Leaving
+    out the ones between (VectorizeLoop among them) once broke on a dlight-scheduled CUDA
+    kernel: StorageRewrite refuses a loop still marked vectorized.
     """
     from tvm import s_tir
 
@@ -105,8 +107,18 @@ def _storage_passes() -> list:
         s_tir.transform.UnifyThreadBinding(),
         s_tir.transform.LowerMatchBuffer(),
         s_tir.transform.StmtSimplify(),
+        s_tir.transform.InjectPermutedLayout(),
+        s_tir.transform.AnnotateIrregularLoop(),
+        s_tir.transform.InjectSoftwarePipeline(),
+        s_tir.transform.TransformMmaBufferLayout(),
         s_tir.transform.LowerOpaqueBlock(),
         tirx.transform.FlattenBuffer(),
+        tirx.transform.BF16ComputeLegalize(),
+        tirx.transform.NarrowDataType(32),
+        s_tir.transform.LoopPartition(),
+        tirx.transform.VectorizeLoop(True),
+        s_tir.transform.InjectVirtualThread(),
+        s_tir.transform.InjectDoubleBuffer(),
         tirx.transform.StorageRewrite(),
     ]
 
