@@ -43,7 +43,7 @@ from ..analysis.views import is_view
 from ..lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError
 from ..lowering.plan import ordered_steps
 from ..search.candidate import ChunkCandidate
-from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates, window_bounds
+from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
 from .budget import BudgetUnreachableError, parse_budget
 from .cost import CostModel, ModelTotals, step_features
 from .estimate import PlanEstimate, PlanEstimator
@@ -191,8 +191,10 @@ class _Selector:
         live = profile[centre]
         scale = state.estimate.high_water(centre) / max(1, live.live_bytes)
         room = self.budget / max(scale, 1e-9)
-        lo, last = window_bounds(self.est.bindings, centre, DEFAULT_WINDOW)
-        hi = last + 1
+        # NOTE: the bindings near the centre, not the search window (which counts kernels):
+        # measuring "outside" over the wider window ranked GPT's head-axis regions first and
+        # left a CUDA 25% plan at the unchunked peak.
+        lo, hi = max(0, centre - DEFAULT_WINDOW), min(len(profile), centre + DEFAULT_WINDOW + 1)
         feasible, other = [], []
         for cand in cands:
             # A view output (a reshape) keeps its source's storage full size.
