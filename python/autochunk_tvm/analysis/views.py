@@ -42,3 +42,10 @@ def is_view_value(value: relax.Expr) -> bool:
 def is_view(binding: relax.Binding) -> bool:
     """:func:`is_view_value` of the binding's value."""
     return is_view_value(binding.value)
+
+
+def short_op(binding: relax.Binding) -> str:
+    """What a binding computes, for reports: ``matmul`` for ``relax.matmul``, else the kind
+    of value (``Tuple``, ``TupleGetItem``)."""
+    name = op_name(binding.value)
+    return name.removeprefix("relax.") if name else type(binding.value).__name__

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from tvm import relax
+from tvm import relax, tirx
 
 from ..analysis.memory import format_bytes
 from ..analysis.sizes import type_bytes
+from ..analysis.views import short_op
 from ..lowering import ChunkStep
 from ..search.candidate import CantChunk
 from ..search.flow import flat_bindings, last_uses, region_outputs, trace_region
@@ -30,11 +31,8 @@ _MOST = 6
 
 @dataclasses.dataclass(frozen=True)
 class HeldTensor:
-    """One tensor held at the peak.
-
-    ``index`` is its high-level binding (``-1`` for storage not traced to one); ``reason``
-    says why it is held whole, or which region it is a chunk of.
-    """
+    """One tensor held at the peak: ``index`` is its high-level binding; ``reason`` says why
+    it is held whole, or which chunked region it belongs to."""
 
     name: str
     op: str
@@ -109,7 +107,7 @@ def account_for_peak(
         reason = _why_held(func, bindings, last_use, steps, p, max(sizes))
         if len(sizes) > 1:
             reason = f"{len(sizes)} buffers; {reason}"
-        held.append(HeldTensor(binding.var.name, _op(binding), total, p, reason))
+        held.append(HeldTensor(binding.var.name, short_op(binding), total, p, reason))
     live_bytes = sum(nbytes for nbytes, _ in live)
     near = estimate.position[j]
     return PeakAccount(
@@ -122,16 +120,11 @@ def account_for_peak(
     )
 
 
-def _op(binding: relax.Binding) -> str:
-    value = binding.value
-    if isinstance(value, relax.Call) and hasattr(value.op, "name"):
-        return value.op.name.removeprefix("relax.")
-    return type(value).__name__.lower()
-
-
 def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
     var = bindings[p].var
     full = type_bytes(var.ty)
+    if isinstance(full, tirx.IntImm):
+        full = int(full)
     for step in steps:
         cand = step.candidate
         if cand.start <= p <= cand.end:
@@ -143,7 +136,7 @@ def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
                 reader = bindings[min(last_use.get(var, p), len(bindings) - 1)]
                 return (
                     f"output of the chunked {region}, assembled whole: read after it by "
-                    f"{reader.var.name} ({_op(reader)})"
+                    f"{reader.var.name} ({short_op(reader)})"
                 )
             return f"buffers of the chunked {region} ({step.n_chunks} chunks)"
     used_until = last_use.get(var, p)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tvm import relax
-
 from ..analysis.memory import format_bytes
 from ..analysis.plot import save_figure
-from ..analysis.views import is_view
+from ..analysis.views import is_view, short_op
 from ..search.flow import flat_bindings
 from .peak import PeakAccount, account_for_peak
 from .select import Selection
@@ -64,8 +62,8 @@ class PlanReport:
                 RegionReport(
                     start=cand.start,
                     end=cand.end,
-                    ops=tuple(_op(b) for b in region),
-                    kernels=tuple(_op(b) for b in region if not is_view(b)),
+                    ops=tuple(short_op(b) for b in region),
+                    kernels=tuple(short_op(b) for b in region if not is_view(b)),
                     outputs=tuple((name, axis.axis) for name, axis in cand.outputs),
                     extent=int(cand.extent),
                     n_chunks=step.n_chunks,
@@ -150,13 +148,6 @@ class PlanReport:
         ax.set_ylabel("allocated (MiB)")
         ax.set_title(title or f"memory of {self.function} ({self.target}), predicted")
         return save_figure(fig, ax, path, legend="upper left")
-
-
-def _op(binding: relax.Binding) -> str:
-    value = binding.value
-    if isinstance(value, relax.Call) and hasattr(value.op, "name"):
-        return value.op.name.removeprefix("relax.")
-    return type(value).__name__
 
 
 def _ops_summary(kernels: tuple[str, ...], most: int = 6) -> str:
