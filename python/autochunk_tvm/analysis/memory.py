@@ -256,9 +256,7 @@ def _called_primfunc(value: relax.Expr, mod: tvm.IRModule | None) -> tirx.PrimFu
     return None
 
 
-def _callee_shape_values(
-    value: relax.Call, prim: tirx.PrimFunc, var: relax.Var
-) -> dict[str, int]:
+def _callee_shape_values(value: relax.Call, prim: tirx.PrimFunc, var: relax.Var) -> dict[str, int]:
     """Values of the PrimFunc's own shape variables at this call, by name.
 
     A generic kernel (a library scan or sort, ``gpu_2d_continuous_cumsum(A: (m, n), ...)``)
