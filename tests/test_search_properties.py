@@ -74,15 +74,13 @@ def _emit_random_op(bb, x, draw, rng):
         )
     if kind == "affine_free_norm":
         # no weight or bias: the importer once passed a null gamma for F.group_norm(x, g)
-        ones = relax.const(np.ones(shape[1:2], dtype))
-        zeros = relax.const(np.zeros(shape[1:2], dtype))
-        groups = [g for g in (1, 2, 3) if shape[1] % g == 0]
         if rank >= 3 and draw(st.booleans()):
+            channels = shape[1]
             norm = relax.op.nn.group_norm(
                 x,
-                ones,
-                zeros,
-                draw(st.sampled_from(groups)),
+                relax.const(np.ones(channels, dtype)),
+                relax.const(np.zeros(channels, dtype)),
+                draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0])),
                 1,
                 list(range(2, rank)),
                 center=False,
