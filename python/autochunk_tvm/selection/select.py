@@ -241,10 +241,10 @@ class _Selector:
         each lowering the bytes over the budget."""
         excess = state.estimate.excess(self.budget)
         # NOTE [plateaus]: the pooled allocator gives nothing back during a call and planned
-        # storages are shared between layers, so chunking one of several alike blocks (GPT's attention in layer 1 of 2)
-        # can lower the peak yet raise the excess: its chunk storages are new, and the big
-        # shared storage is still allocated, one layer later. No single step then lowers the
-        # excess, though two do. When no child lowers it, children that lower the peak go on
+        # storages are shared between layers, so chunking one of several alike blocks (GPT's
+        # attention in layer 1 of 2) can lower the peak yet raise the excess: its chunk
+        # storages are new, and the big shared storage is still allocated, one layer later.
+        # No single step then lowers the excess, though two do. When no child lowers it, children that lower the peak go on
         # instead (seen on CUDA, GPT-small at 20%: 36.5 MiB was reported as the floor).
         lower_peak = []
         for centre in state.estimate.excess_causes(self.budget)[: self.CENTRES]:
