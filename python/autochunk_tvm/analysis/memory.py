@@ -602,7 +602,9 @@ def analyse_liveness(
             workspaces.append(tuple(workspace[callee]))
         else:
             workspaces.append((workspace_bytes(prim),))
-        callee_shapes.append(_callee_shape_values(value, prim, binding.var) if prim else {})
+        # only kernels with workspace need their shape variables bound (most have none)
+        needs_shapes = prim is not None and workspaces[-1]
+        callee_shapes.append(_callee_shape_values(value, prim, binding.var) if needs_shapes else {})
         visitor.visit_binding(index, binding)
         own.append(visitor.own)
 
