@@ -292,6 +292,39 @@ def test_cuda_selection_estimates_the_cuda_pipeline_and_builds(tmp_path):
     assert (tmp_path / "gpt_cuda.so").stat().st_size > 0
 
 
+def test_constants_are_folded_once_with_every_binding_kept():
+    """NOTE [fold once]: the weight transposes a GPU build folds are folded before selection;
+    each folded binding stays, bound to its constant (plans are spliced by binding name), and
+    the rest of the pipeline plans the same memory as from the unfolded module."""
+    from autochunk_tvm.analysis.planned import (
+        allocation_of_planned,
+        fold_keeping_bindings,
+        memory_plan_passes,
+        split_at_legalize,
+    )
+
+    model, args = ac.models.gpt("tiny", n_layer=2)
+    mod = ac.from_torch(model, args)
+    target = ac.analysis.planned.as_target("cuda")
+    with target:
+        front, back = split_at_legalize(memory_plan_passes(target))
+        legal = tvm.transform.Sequential(front)(mod)
+        folded = fold_keeping_bindings(legal, back, "main")
+        assert folded is not None
+        before, after = flat_bindings(legal["main"]), flat_bindings(folded["main"])
+        assert [b.var.name for b in after] == [b.var.name for b in before]
+        now_constant = [
+            a.var.name
+            for a, b in zip(after, before)
+            if isinstance(a.value, tvm.ir.expr.GenericConst)
+            and not isinstance(b.value, tvm.ir.expr.GenericConst)
+        ]
+        assert len(now_constant) >= 2 * 4  # q/k/v/out and MLP weights of each layer, at least
+        planned = [tvm.transform.Sequential(back)(m) for m in (legal, folded)]
+    a, b = (allocation_of_planned(m, target, "main", None) for m in planned)
+    assert a.footprint == b.footprint and a.peak_bytes == b.peak_bytes
+
+
 def test_selection_goes_on_past_a_step_that_raises_the_excess():
     """On CUDA, chunking one of GPT's two attention blocks lowers the peak but raises the
     bytes over the budget (the shared score storage is still allocated, one layer later, and

@@ -23,9 +23,12 @@ import tvm
 from tvm import relax
 
 from ..analysis.planned import (
+    PER_FUNCTION_PASSES,
     StaticAllocation,
     allocation_of_planned,
     as_target,
+    cached_per_function,
+    fold_keeping_bindings,
     memory_plan_passes,
     split_at_legalize,
 )
@@ -122,11 +125,17 @@ class PlanEstimator:
         # only the passes after it run per plan. LegalizeOps rewrites binding by binding and
         # keeps every binding's name, which the splice relies on (checked here).
         with self.target:
-            self._front, self._back = split_at_legalize(memory_plan_passes(self.target))
+            self._front, back = split_at_legalize(memory_plan_passes(self.target))
+            self._back = [
+                cached_per_function(p) if p.info.name in PER_FUNCTION_PASSES else p for p in back
+            ]
             self._legal = tvm.transform.Sequential(self._front)(mod)
+            folded = fold_keeping_bindings(self._legal, self._back, func_name)
         legal = [b.var.name for b in flat_bindings(self._legal[func_name])]
         if legal != [b.var.name for b in self.bindings]:
             self._legal = None  # fall back to legalizing every plan in full
+        elif folded is not None and [b.var.name for b in flat_bindings(folded[func_name])] == legal:
+            self._legal = folded  # NOTE [fold once] (analysis/planned.py)
 
     @property
     def evaluated(self) -> int:
