@@ -43,6 +43,7 @@ from ..analysis.views import is_view
 from ..lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError
 from ..lowering.plan import ordered_steps
 from ..search.candidate import ChunkCandidate
+from ..search.classes import ClassFinder, RegionClass
 from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
 from .budget import BudgetUnreachableError, parse_budget
 from .cost import CostModel, ModelTotals, step_features
@@ -125,6 +126,8 @@ class _Selector:
         self._candidates: dict[int, list[ChunkCandidate]] = {}
         self._costs: dict[ChunkStep, float] = {}
         self._unlowerable: set[ChunkCandidate] = set()  # shared by with_budget copies
+        self.classes = ClassFinder(self.func, estimator.func_name)
+        self._class_of: dict[ChunkCandidate, RegionClass] = {}  # members of classes applied
 
     def try_estimate(self, steps, added: ChunkCandidate | None = None) -> PlanEstimate | None:
         """The plan's estimate, or None when it cannot be lowered.
@@ -252,38 +255,81 @@ class _Selector:
                 continue
             children = []
             for cand in self.ranked(state, centre, self._legal(state, centre)):
-                kept = [s for s in state.steps if not cand.start <= s.candidate.start <= cand.end]
-                steps = ordered_steps([*kept, self.step(cand, self.fine_length(cand))])
-                if steps == state.steps:
-                    continue
-                estimate = self.try_estimate(steps, added=cand)
-                if estimate is None:
-                    continue
-                if estimate.excess(self.budget) < excess:
-                    children.append(_State(steps, estimate))
-                elif estimate.peak < state.estimate.peak:
-                    lower_peak.append(_State(steps, estimate))
+                for members in self._variants(state, cand):
+                    kept = [
+                        s
+                        for s in state.steps
+                        if not any(m.start <= s.candidate.start <= m.end for m in members)
+                    ]
+                    length = self.fine_length(cand)
+                    steps = ordered_steps([*kept, *(self.step(m, length) for m in members)])
+                    if steps == state.steps:
+                        continue
+                    estimate = self.try_estimate(steps, added=cand)
+                    if estimate is None:
+                        continue
+                    if estimate.excess(self.budget) < excess:
+                        children.append(_State(steps, estimate))
+                    elif estimate.peak < state.estimate.peak:
+                        lower_peak.append(_State(steps, estimate))
             if children:
                 return children
         return lower_peak
 
+    def _variants(self, state: _State, cand: ChunkCandidate) -> list[tuple[ChunkCandidate, ...]]:
+        """The ways to add ``cand``: with its whole class (every twin that does not cut a
+        region of the plan), and alone.
+
+        NOTE [region classes]: the planner shares one storage among the alike tensors of all
+        layers, so chunking one layer's attention of twelve lowers nothing until all are
+        chunked; one step per layer would need as many stages as the model has layers, each
+        estimating a handful of plans. A class is one step, so the plans estimated do not grow
+        with depth. The instance alone stays a choice, for a layer unlike the others.
+        """
+        alone = (cand,)
+        cls = self.classes.region_class(cand)
+        members = tuple(
+            m for m in cls.members if m not in self._unlowerable and not self._cuts(state, m)
+        )
+        if len(members) < 2:
+            return [alone]
+        for member in cls.members:
+            self._class_of.setdefault(member, cls)
+        return [members, alone]
+
+    def _groups(self, steps) -> list[list[ChunkStep]]:
+        """The plan's steps, those of one class at one chunk length together (relaxed as one)."""
+        groups: dict[Any, list[ChunkStep]] = {}
+        for step in steps:
+            key = (self._class_of.get(step.candidate, step.candidate), step.chunk_len)
+            groups.setdefault(key, []).append(step)
+        return list(groups.values())
+
     def relax(self, state: _State) -> _State:
         """Drop the steps the plan does not need, then give each step, most expensive first,
-        the largest chunk length at which the whole plan still fits."""
+        the largest chunk length at which the whole plan still fits. The steps of a class
+        (NOTE [region classes]) are dropped and lengthened together."""
+
+        def group_cost(group) -> float:
+            return -sum(self.step_cost(s.candidate, s.chunk_len) for s in group)
+
         steps = list(state.steps)
-        for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
-            others = [s for s in steps if s is not step]
+        for group in sorted(self._groups(steps), key=group_cost):
+            others = [s for s in steps if s not in group]
             if self.peak_of(ordered_steps(others)) <= self.budget:
                 steps = others
-        for step in sorted(steps, key=lambda s: -self.step_cost(s.candidate, s.chunk_len)):
-            others = [s for s in steps if s is not step]
-            cand = step.candidate
+        for group in sorted(self._groups(steps), key=group_cost):
+            others = [s for s in steps if s not in group]
+            cands = [s.candidate for s in group]
 
-            def peak(chunk_len: int, others=others, cand=cand) -> int:
-                return self.peak_of(ordered_steps([*others, self.step(cand, chunk_len)]))
+            def peak(chunk_len: int, others=others, cands=cands) -> int:
+                return self.peak_of(
+                    ordered_steps([*others, *(self.step(c, chunk_len) for c in cands)])
+                )
 
-            best = _largest_fitting(peak, self.budget, step.chunk_len, cand.extent)
-            steps = [*others, self.step(cand, best)]
+            extent = min(c.extent for c in cands)
+            best = _largest_fitting(peak, self.budget, group[0].chunk_len, extent)
+            steps = [*others, *(self.step(c, best) for c in cands)]
         steps = ordered_steps(steps)
         return _State(steps, self.est.estimate(steps))
 
@@ -295,19 +341,21 @@ class _Selector:
     def _legal(self, state: _State, centre: int) -> list[ChunkCandidate]:
         """Candidates around ``centre`` that do not cut through a region already chunked, and
         that lower."""
-        out = []
-        for cand in self.candidates(centre):
-            if cand in self._unlowerable:
-                continue
-            cut = any(
-                s.candidate.start <= cand.end
-                and cand.start <= s.candidate.end
-                and not (cand.start <= s.candidate.start and s.candidate.end <= cand.end)
-                for s in state.steps
-            )
-            if not cut:
-                out.append(cand)
-        return out
+        return [
+            cand
+            for cand in self.candidates(centre)
+            if cand not in self._unlowerable and not self._cuts(state, cand)
+        ]
+
+    @staticmethod
+    def _cuts(state: _State, cand: ChunkCandidate) -> bool:
+        """Whether ``cand`` overlaps a region of the plan without containing it."""
+        return any(
+            s.candidate.start <= cand.end
+            and cand.start <= s.candidate.end
+            and not (cand.start <= s.candidate.start and s.candidate.end <= cand.end)
+            for s in state.steps
+        )
 
 
 def _largest_fitting(held, target: int, fits: int, extent: int) -> int:
