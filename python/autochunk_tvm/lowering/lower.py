@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from ..analysis.planned import as_target
@@ -30,7 +31,36 @@ from .region import LoweringError, RegionFunction, region_function
 from .stages import legalize_region, walk_stages
 
 COMPOSITE_ATTR = "autochunk.composite"
-_TRACED = "traced"  # the key, in a caller's lowering cache, of the candidates already checked
+
+
+@dataclasses.dataclass
+class LoweringCache:
+    """What :func:`lower_chunk_plan` keeps between calls on one module and target: selection
+    lowers many plans that share steps. A cache, so mutable; one per module and target.
+
+    Attributes
+    ----------
+    steps
+        The lowered composite and region record of each step, by step and target.
+    shapes
+        The same, by the structure of the region function at chunk shape (its structural
+        hash; entries confirmed by structural equality): NOTE [alike regions].
+    global_vars
+        The typed GlobalVar of each composite under each name.
+    traced
+        Candidates whose chunk flow was checked on this module.
+    """
+
+    steps: dict[tuple[ChunkStep, str], tuple[tvm.tirx.PrimFunc, _Lowered]] = dataclasses.field(
+        default_factory=dict
+    )
+    shapes: dict[tuple, list[tuple[relax.Function, tvm.tirx.PrimFunc, _Lowered]]] = (
+        dataclasses.field(default_factory=dict)
+    )
+    global_vars: dict[tuple[str, tvm.tirx.PrimFunc], relax.GlobalVar] = dataclasses.field(
+        default_factory=dict
+    )
+    traced: set[ChunkCandidate] = dataclasses.field(default_factory=set)
 
 
 def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None) -> None:
@@ -109,14 +139,14 @@ def lower_chunk_plan(
     plan: ChunkPlan,
     target: Any,
     *,
-    cache: dict | None = None,
+    cache: LoweringCache | None = None,
     legalized: tvm.IRModule | None = None,
 ) -> tvm.IRModule:
     """A new module with every region of ``plan`` replaced by one chunk-loop composite.
 
-    ``cache`` (a dict the caller keeps) reuses lowered regions, and the check of each
-    region's chunk flow, across calls on the same module and target; selection lowers many
-    plans that share steps.
+    ``cache`` (a :class:`LoweringCache` the caller keeps) reuses lowered regions, and the
+    check of each region's chunk flow, across calls on the same module and target; selection
+    lowers many plans that share steps.
 
     ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with the same bindings by
     position and name. The composites are then spliced into its functions, and the result is
@@ -124,7 +154,7 @@ def lower_chunk_plan(
     selection's memory estimates need, many times over).
     """
     tgt = as_target(target)
-    validate_plan(mod, plan, None if cache is None else cache.setdefault(_TRACED, set()))
+    validate_plan(mod, plan, None if cache is None else cache.traced)
     base = mod if legalized is None else legalized
     functions = dict(base.functions.items())
     taken = {gv.name_hint for gv in functions}
@@ -139,10 +169,10 @@ def lower_chunk_plan(
             if cache is None:
                 composite, region = _lower_region(func, step, tgt)
             else:
-                key = (name, step, str(tgt))
-                if key not in cache:
-                    cache[key] = _lower_region(func, step, tgt)
-                composite, region = cache[key]
+                key = (step, str(tgt))
+                if key not in cache.steps:
+                    cache.steps[key] = _lower_region(func, step, tgt, cache)
+                composite, region = cache.steps[key]
             gv = _global_var(composite, f"chunked_{region.outputs[0].var.name}", taken, cache)
             functions[gv] = composite
             taken.add(gv.name_hint)
@@ -157,27 +187,43 @@ def lower_chunk_plan(
     return relax.transform.Normalize()(out)
 
 
-def _global_var(composite: tvm.tirx.PrimFunc, name: str, taken: set, cache: dict | None):
+def _global_var(composite: tvm.tirx.PrimFunc, name: str, taken: set, cache: LoweringCache | None):
     """A GlobalVar for ``composite`` under an unused name, typed with its signature (which
     call_tir requires), reused from ``cache`` for the same function and name."""
     unique, k = name, 0
     while unique in taken:
         k += 1
         unique = f"{name}_{k}"
-    key = ("global_var", unique, composite)
-    if cache is not None and key in cache:
-        return cache[key]
+    key = (unique, composite)
+    if cache is not None and key in cache.global_vars:
+        return cache.global_vars[key]
     # A builder over an empty module types the GlobalVar; one over the whole module would
     # also hash every function in it to find duplicates, at every call.
     gv = relax.BlockBuilder().add_func(composite, unique)
     if cache is not None:
-        cache[key] = gv
+        cache.global_vars[key] = gv
     return gv
 
 
-def _lower_region(func: relax.Function, step: ChunkStep, target) -> tuple:
+def _lower_region(
+    func: relax.Function, step: ChunkStep, target, cache: LoweringCache | None = None
+) -> tuple:
+    """The composite of ``step`` and what the Relax rewrite needs of it.
+
+    NOTE [alike regions]: the regions of one class (search/classes.py), the attention of
+    each of twelve layers, re-emitted at chunk shape are structurally equal functions: their
+    weights are parameters, not embedded. Their composite is the same PrimFunc, so it is
+    legalized, scheduled and composed once; each region keeps its own record (inputs,
+    outputs, hoisted bindings), which is what its call passes.
+    """
     cand = step.candidate
     full = region_function(func, cand, step.chunk_len, step.hoist)
+    shape_key = None
+    if cache is not None:
+        shape_key = (tvm_ffi.structural_hash(full.func), cand.extent, step.chunk_len, str(target))
+        for seen, composite, low in cache.shapes.get(shape_key, ()):
+            if tvm_ffi.structural_equal(seen, full.func):
+                return composite, _Lowered(full, low.constants, low.storages)
     extent = cand.extent
     tail_len = None
     if isinstance(extent, int):
@@ -203,8 +249,11 @@ def _lower_region(func: relax.Function, step: ChunkStep, target) -> tuple:
     outputs = [(o.var.name, o.ty, o.axis) for o in full.outputs]
     builder = CompositeBuilder(inputs, outputs, step.chunk_len)
     composite, storages = builder.build(Variant(full_program), tail_variant)
-    composite = composite.with_attr(COMPOSITE_ATTR, cand.outputs[0][0])
+    # A mark, not a name: alike regions share the composite (the GlobalVar names the region).
+    composite = composite.with_attr(COMPOSITE_ATTR, True)
     region = _Lowered(full, full_program.constants, storages)
+    if shape_key is not None:
+        cache.shapes.setdefault(shape_key, []).append((full.func, composite, region))
     return composite, region
 
 
@@ -242,12 +291,30 @@ def _rewrite(
     whole function once per estimated plan).
     """
     at_start = {step.candidate.start: (step, low, gv) for step, low, gv in lowered}
-    own = {b.var.name: b for b in flat_bindings(func)}
+    all_bindings = flat_bindings(func)
+    # NOTE [helper bindings]: legalization may emit helper bindings before the one they serve
+    # (under names already taken); each binding of ``func`` belongs to the next binding that
+    # is ``source``'s own variable. Without ``source`` every binding is its own.
+    if source is None:
+        owner = list(range(len(all_bindings)))
+        own = {b.var.name: [b] for b in all_bindings}
+    else:
+        source_vars = {b.var: i for i, b in enumerate(flat_bindings(source))}
+        owner, pending = [], []
+        for binding in reversed(all_bindings):
+            if binding.var in source_vars:
+                pending = [source_vars[binding.var]]
+            owner.append(pending[0] if pending else len(source_vars))
+        owner.reverse()
+        groups: dict[int, list] = {}
+        for binding, index in zip(all_bindings, owner):
+            groups.setdefault(index, []).append(binding)
+        own = {g[-1].var.name: g for g in groups.values() if g[-1].var in source_vars}
     env: dict[relax.Expr, relax.Expr] = {}  # source variable -> func's variable
     if source is not None:
         params = {p.name: p for p in func.params}
         env = {p: params[p.name] for p in source.params if p.name in params}
-        env.update({b.var: own[b.var.name].var for b in flat_bindings(source)})
+        env.update({b.var: own[b.var.name][-1].var for b in flat_bindings(source)})
     attrs = dict(func.attrs) if func.attrs is not None else None
     private = not (func.attrs and "global_symbol" in func.attrs)
     in_region = set()
@@ -256,17 +323,20 @@ def _rewrite(
 
     bb = relax.BlockBuilder()
     position = 0
+    emitted = set()
     with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure, private=private):
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
             with bb.dataflow() if dataflow else contextlib.nullcontext():
                 for binding in block.bindings:
-                    index = position
+                    index = owner[position]
                     position += 1
-                    if index in at_start:
+                    if index in at_start and index not in emitted:
+                        emitted.add(index)
                         _, low, gv = at_start[index]
                         for hoisted in low.region.hoisted:
-                            bb.emit_normalized(own[hoisted.var.name])
+                            for part in own[hoisted.var.name]:
+                                bb.emit_normalized(part)
                         _emit_composite(bb, env, low, gv, own)
                     if index not in in_region:
                         bb.emit_normalized(binding)
@@ -292,4 +362,4 @@ def _emit_composite(bb, env, low: _Lowered, gv, own) -> None:
             value = fields[None]
         else:
             value = relax.Tuple([fields[i] for i in range(len(fields))])
-        bb.emit_normalized(relax.VarBinding(own[var.name].var, bb.normalize(value)))
+        bb.emit_normalized(relax.VarBinding(own[var.name][-1].var, bb.normalize(value)))
