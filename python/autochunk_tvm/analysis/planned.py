@@ -165,7 +165,7 @@ def fold_keeping_bindings(
     legal: tvm.IRModule, passes: list[tvm.transform.Pass], func_name: str
 ) -> tvm.IRModule | None:
     """``legal`` after ``passes`` (those of :data:`PLAN_INDEPENDENT_PASSES` that follow
-    ``LegalizeOps``), with every binding of ``func_name`` kept, by position and name: a binding
+    ``LegalizeOps``), with every binding of ``func_name`` kept, by position and variable: a binding
     the folding removed is bound to the constant it folded to. ``None`` when that cannot be
     done exactly (a folded value no remaining binding reveals, variables the passes re-made).
 
@@ -183,25 +183,24 @@ def fold_keeping_bindings(
         return legal
     folded = tvm.transform.Sequential(wanted)(legal)
     before, after = legal[func_name], folded[func_name]
-    kept = {b.var.name: b for b in flat_bindings(after)}
-    if any(
-        not b.var.same_as(kept[b.var.name].var) for b in flat_bindings(before) if b.var.name in kept
-    ):
-        return None
-    constants: dict[str, GenericConst] = {}
+    # By variable, not name: legalization's helper bindings may reuse names.
+    kept = {b.var: b for b in flat_bindings(after)}
+    if not set(kept) <= {b.var for b in flat_bindings(before)}:
+        return None  # the passes made variables of their own
+    constants: dict[relax.Var, GenericConst] = {}
     for binding in flat_bindings(before):
-        if binding.var.name in kept:
-            _reveal(binding.value, kept[binding.var.name].value, constants)
+        if binding.var in kept:
+            _reveal(binding.value, kept[binding.var].value, constants)
     _reveal(before.body.body, after.body.body, constants)
     blocks = []
     for block in before.body.blocks:
         bindings = []
         for binding in block.bindings:
-            name = binding.var.name
-            if name in kept:
-                bindings.append(kept[name])
-            elif name in constants:
-                bindings.append(relax.VarBinding(binding.var, constants[name]))
+            var = binding.var
+            if var in kept:
+                bindings.append(kept[var])
+            elif var in constants:
+                bindings.append(relax.VarBinding(var, constants[var]))
             else:  # folded, but nothing left reads it: it stays as it was
                 bindings.append(binding)
         kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
@@ -272,7 +271,7 @@ def _reveal(old: relax.Expr, new: relax.Expr, constants: dict) -> None:
     """Where ``old`` reads a variable and its folded form ``new`` a constant at the same
     place, that constant is the variable's folded value."""
     if isinstance(old, relax.Var) and isinstance(new, GenericConst):
-        constants.setdefault(old.name, new)
+        constants.setdefault(old, new)
     elif isinstance(old, relax.Call) and isinstance(new, relax.Call):
         _reveal_all(old.args, new.args, constants)
     elif isinstance(old, relax.Tuple) and isinstance(new, relax.Tuple):

@@ -33,8 +33,10 @@ from ..analysis.planned import (
     split_at_legalize,
 )
 from ..lowering import ChunkPlan, ChunkStep, lower_chunk_plan
+from ..lowering.lower import LoweringCache
 from ..lowering.plan import ordered_steps
 from ..search.flow import flat_bindings
+from ..search.rewrite import substitute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,24 +120,34 @@ class PlanEstimator:
         self.bindings = flat_bindings(self.func)
         self.index = {b.var.name: i for i, b in enumerate(self.bindings)}
         self.bounds = dict(bounds) if bounds else None
-        self._regions: dict = {}
+        self._regions = LoweringCache()
         self._estimates: dict[tuple, PlanEstimate] = {}
         # NOTE [legalize once]: legalizing the whole module dominates an estimate. The passes
         # up to LegalizeOps run once; each plan's composites are spliced into the result and
         # only the passes after it run per plan. LegalizeOps rewrites binding by binding and
-        # keeps every binding's name, which the splice relies on (checked here).
+        # keeps every binding's variable, which the splice relies on (checked here).
         with self.target:
             self._front, back = split_at_legalize(memory_plan_passes(self.target))
-            self._back = [
+            back = [
                 cached_per_function(p) if p.info.name in PER_FUNCTION_PASSES else p for p in back
             ]
+            names = [p.info.name for p in back]
+            cut = names.index("FuseOps") + 1 if "FuseOps" in names else 0
+            self._back_fused, self._back = back[:cut], back[cut:]
             self._legal = tvm.transform.Sequential(self._front)(mod)
-            folded = fold_keeping_bindings(self._legal, self._back, func_name)
-        legal = [b.var.name for b in flat_bindings(self._legal[func_name])]
-        if legal != [b.var.name for b in self.bindings]:
+            folded = fold_keeping_bindings(self._legal, self._back_fused, func_name)
+        if not self._keeps_bindings(self._legal):
             self._legal = None  # fall back to legalizing every plan in full
-        elif folded is not None and [b.var.name for b in flat_bindings(folded[func_name])] == legal:
+        elif folded is not None and self._keeps_bindings(folded):
             self._legal = folded  # NOTE [fold once] (analysis/planned.py)
+
+    def _keeps_bindings(self, legal: tvm.IRModule) -> bool:
+        """Whether every high-level binding is in ``legal``'s function as itself (the same
+        variable), in order: what the splice needs (helper bindings between them are
+        allowed, NOTE [helper bindings] in lowering/lower.py)."""
+        own = {b.var for b in self.bindings}
+        found = [b.var for b in flat_bindings(legal[self.func_name]) if b.var in own]
+        return found == [b.var for b in self.bindings]
 
     @property
     def evaluated(self) -> int:
@@ -163,7 +175,9 @@ class PlanEstimator:
                     self.mod, ChunkPlan(key), self.target, cache=self._regions
                 )
                 front = tvm.transform.Sequential(self._front)(chunked)
-            lowered = tvm.transform.Sequential(self._back)(front)
+            fused = tvm.transform.Sequential(self._back_fused)(front)
+            named = self._name_by_position(fused, front)
+            lowered = tvm.transform.Sequential(self._back)(named)
         allocation = allocation_of_planned(lowered, self.target, self.func_name, self.bounds)
         estimate = PlanEstimate(key, allocation, self._positions(allocation.bindings))
         self._estimates[key] = estimate
@@ -176,6 +190,64 @@ class PlanEstimator:
         key = ordered_steps(steps)
         return lower_chunk_plan(self.mod, ChunkPlan(key), self.target, cache=self._regions)
 
+    def _name_by_position(self, fused: tvm.IRModule, front: tvm.IRModule) -> tvm.IRModule:
+        """``fused`` (``front`` after the passes up to fusion) with every binding of the
+        function named for the high-level binding it computes, or ``"_"`` when it computes
+        none by itself.
+
+        NOTE [names after fusion]: the footprint is read back per high-level binding by name
+        (:meth:`_positions`). ``FuseOps`` names each fused call afresh (``lv``, ``lv1``, ...)
+        and its inner function's result ``gv``; legalization adds helper bindings under names
+        already taken. The names of a fused module thus collide with the high-level ones: on
+        CUDA the transformers GPT-2's attention scores read back as its position ids, and
+        selection searched there. Here a binding keeps its name only if it is the high-level
+        variable itself; a fused call is named for the binding its inner function returns,
+        found in ``front`` by its callee and the names of its arguments.
+        """
+        func = fused[self.func_name]
+        if not isinstance(func.body, relax.SeqExpr):
+            return fused
+        anchors = {b.var for b in self.bindings}
+        made_by = {}  # (callee, argument names) -> the high-level binding that call computes
+        for binding in flat_bindings(front[self.func_name]):
+            if binding.var in anchors and isinstance(binding.value, relax.Call):
+                made_by.setdefault(_call_key(binding.value, {}), binding.var.name)
+        outputs: dict[relax.Var, list[str | None]] = {}  # fused call -> its outputs' names
+        env: dict[relax.Expr, relax.Expr] = {}
+        blocks = []
+        for block in func.body.blocks:
+            bindings = []
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    return fused  # a match-cast: leave the names as they are
+                var, value = binding.var, binding.value
+                name = var.name if var in anchors else None
+                if name is None and isinstance(value, relax.Call):
+                    if isinstance(value.op, relax.GlobalVar):
+                        inner = fused[value.op]
+                        if isinstance(inner, relax.Function):
+                            args = {p: env.get(a, a) for p, a in zip(inner.params, value.args)}
+                            fields = [made_by.get(k) for k in _returned_calls(inner, args)]
+                            outputs[var] = fields
+                            name = next((f for f in reversed(fields) if f), None)
+                        if name is None:
+                            name = made_by.get(_call_key(substitute(value, env), {}))
+                elif name is None and isinstance(value, relax.TupleGetItem):
+                    fields = outputs.get(value.tuple_value, [])
+                    name = fields[value.index] if value.index < len(fields) else None
+                name = name or "_"
+                kind = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
+                new_var = var if name == var.name else kind(name, var.ty)
+                env[var] = new_var
+                bindings.append(relax.VarBinding(new_var, substitute(value, env)))
+            dataflow = isinstance(block, relax.DataflowBlock)
+            blocks.append((relax.DataflowBlock if dataflow else relax.BindingBlock)(bindings))
+        body = relax.SeqExpr(blocks, substitute(func.body.body, env))
+        renamed = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
+        out = tvm.IRModule(dict(fused.functions.items()), attrs=fused.attrs)
+        out[self.func_name] = renamed
+        return relax.transform.Normalize()(out)
+
     def _positions(self, names: tuple[str, ...]) -> tuple[int, ...]:
         last = len(self.bindings)  # past the end: the function's return
         out = [last] * len(names)
@@ -184,3 +256,36 @@ class PlanEstimator:
             following = self.index.get(names[j], following)
             out[j] = following
         return tuple(out)
+
+
+def _call_key(call: relax.Call, params: dict) -> tuple:
+    """A call by what it calls and the names of what it reads (``params`` maps a fused
+    function's parameters to the caller's arguments)."""
+    op = call.op.name_hint if isinstance(call.op, relax.GlobalVar) else str(call.op)
+    return (op, tuple(_arg_name(a, params) for a in call.args))
+
+
+def _arg_name(arg: relax.Expr, params: dict):
+    arg = params.get(arg, arg)
+    if isinstance(arg, relax.Var):
+        return arg.name
+    if isinstance(arg, relax.Tuple):
+        return tuple(_arg_name(f, params) for f in arg.fields)
+    return type(arg).__name__
+
+
+def _returned_calls(func: relax.Function, params: dict) -> list[tuple]:
+    """Per value a fused function returns, the key (:func:`_call_key`) of the call that
+    computes it, its inner variables read by their original names."""
+    if not isinstance(func.body, relax.SeqExpr):
+        return []
+    values = {b.var: b.value for b in flat_bindings(func)}
+    result = func.body.body
+    fields = result.fields if isinstance(result, relax.Tuple) else [result]
+    keys = []
+    for field in fields:
+        value = values.get(field)
+        while isinstance(value, relax.Var) and value in values:
+            value = values[value]
+        keys.append(_call_key(value, params) if isinstance(value, relax.Call) else None)
+    return keys
