@@ -25,7 +25,7 @@ from autochunk_tvm.selection import (
     parse_budget,
     select_plan,
 )
-from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE
+from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE, ModelTotals, step_features
 from autochunk_tvm.selection.select import _largest_fitting
 
 MIB = 1 << 20
@@ -111,9 +111,25 @@ def test_shipped_weights_are_fitted_and_non_negative():
 
 def test_cost_terms_switch_off():
     model = CostModel({t: 1.0 for t in TERMS})
-    assert model.without("node", "flop").terms == ("density", "stride")
+    assert model.without("node", "flop").terms == ("density", "stride", "collapse")
     with pytest.raises(ValueError, match="unknown cost terms"):
         CostModel({"latency": 1.0})
+
+
+def test_a_chunk_of_one_head_costs_more_than_a_chunk_of_two():
+    """The collapse term: a kernel whose chunked axis is one element per chunk (one head of
+    the attention's batched matmul) measured 1.10-1.14x on CPU, two heads per chunk 1.00x."""
+    model, args = ac.models.gpt("small", n_layer=1, seq_len=256)
+    mod = ac.from_torch(model, args)
+    func = mod["main"]
+    heads = [c for c in ac.search_chunk_candidates(mod) if c.extent == model.cfg.n_head]
+    assert heads
+    cand = max(heads, key=lambda c: c.end - c.start)
+    totals = ModelTotals.of(func)
+    one, two = (step_features(func, cand, n, totals) for n in (1, 2))
+    assert one.terms()["collapse"] > 0 and two.terms()["collapse"] == 0
+    cost = CostModel.default()
+    assert cost.step_cost(one) > cost.step_cost(two)
 
 
 def test_flops_of_contractions():
@@ -194,7 +210,8 @@ def test_unreachable_budget_reports_the_smallest_peak(gpt):
     assert 0 < smallest < est.estimate(()).peak and info.value.budget < smallest
     with pytest.warns(UserWarning, match="no chunk plan"):
         sel = select_plan(mod, 0.01, "llvm", estimator=est, strict=False)
-    assert not sel.reached and sel.plan.estimated_peak == smallest
+    # the budget-following search may find a little lower than the least-memory one
+    assert not sel.reached and sel.plan.estimated_peak <= smallest
     # the reported minimum is itself a budget that can be met
     assert select_plan(mod, smallest, "llvm", estimator=est).reached
 
@@ -387,3 +404,36 @@ def test_an_unreachable_budget_explains_its_floor():
     assert all(t.name in names for t in held)
     assert held[0].name in message and str(report.peak) in str(report)
     assert select_plan(mod, err.smallest_peak, "llvm", estimator=est).reached
+
+
+def test_a_multi_layer_gpt_selected_for_cuda_builds_with_device_kernels(tmp_path):
+    """No GPU needed: a four-layer GPT reaches 30% on the CUDA estimate, builds and exports,
+    and every chunk composite launches device kernels (a stage left on the host would be a
+    host function, not a __global__ kernel)."""
+    import re
+
+    model, args = ac.models.gpt("small", n_layer=4, seq_len=512)
+    mod = ac.from_torch(model, args)
+    sel = select_plan(mod, 0.3, "cuda")
+    # whole classes: the same regions in each of the four layers
+    assert sel.reached and sel.plan.steps and len(sel.plan.steps) % 4 == 0
+    lowered = ac.lower_chunk_plan(mod, sel.plan, "cuda")
+    composites = [
+        gv.name_hint
+        for gv, f in lowered.functions.items()
+        if "autochunk.composite" in (f.attrs or {})
+    ]
+    assert len(composites) == len(sel.plan.steps)
+    ex = relax.build(lowered, ac.analysis.planned.as_target("cuda"))
+
+    def walk(m):
+        yield m
+        for imported in m.imports:
+            yield from walk(imported)
+
+    source = "".join(m.inspect_source() for m in walk(ex.mod) if m.kind == "cuda")
+    kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", source))
+    for name in composites:
+        assert any(k.startswith(f"{name}_kernel") for k in kernels), name
+    ex.export_library(str(tmp_path / "gpt4_cuda.so"))
+    assert (tmp_path / "gpt4_cuda.so").stat().st_size > 0

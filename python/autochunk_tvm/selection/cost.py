@@ -18,6 +18,12 @@ dimensionless so that the weighted sum predicts the relative slow-down of the wh
     Elements the region reads and writes through chunk views of full tensors, per FLOP of the
     model, divided by ``log2(2 + contiguous bytes per view row / 64)``: chunking an inner
     axis turns long contiguous reads into many short ones.
+``collapse``
+    Share of the model's FLOPs in kernels whose chunked axis holds one element per chunk.
+    Measured on CPU: the attention's batched matmul over one head per chunk (GPT, heads
+    chunked one by one) runs at half the speed per head of the same kernel over two heads,
+    one thread or two (TVM generates another loop nest once the axis is gone); the 4-head GPT
+    chunked one head at a time runs 1.10-1.14x the unchunked time, two heads at a time 1.00x.
 
 The weights are fitted by non-negative least squares on measured speed ratios
 (``benchmarks/fit_cost_model.py``; data and fit in ``benchmarks/results/cost_model_fit.*``),
@@ -40,7 +46,7 @@ from ..analysis.views import is_view
 from ..search.candidate import ChunkCandidate
 from ..search.flow import flat_bindings
 
-TERMS = ("node", "flop", "density", "stride")
+TERMS = ("node", "flop", "density", "stride", "collapse")
 WEIGHTS_FILE = Path(__file__).with_name("cost_model.json")
 
 
@@ -69,6 +75,7 @@ class StepFeatures:
     io_elements: int  # elements of full-size tensors read or written through chunk views
     row_bytes: int  # contiguous bytes of one row of a chunk view (smallest over the views)
     totals: ModelTotals
+    collapsed_flops: int = 0  # FLOPs of kernels whose chunked axis is one element per chunk
 
     def terms(self) -> dict[str, float]:
         share = self.flops / self.totals.flops
@@ -78,6 +85,7 @@ class StepFeatures:
             "flop": share,
             "density": share / math.log2(2 + per_call),
             "stride": self.io_elements / self.totals.flops / math.log2(2 + self.row_bytes / 64),
+            "collapse": self.collapsed_flops / self.totals.flops,
         }
 
 
@@ -98,6 +106,12 @@ def step_features(
     inside = [b for b in region if b.var.name not in hoisted]
     nodes = sum(1 for b in inside if not is_view(b))
     flops = sum(binding_flops(b, bounds) for b in inside)
+    axes = candidate.axes
+    collapsed = sum(
+        binding_flops(b, bounds)
+        for b in inside
+        if not is_view(b) and axes[b.var.name].chunked and chunk_len * axes[b.var.name].scale == 1
+    )
     by_name = {p.name: p for p in func.params} | {b.var.name: b.var for b in bindings}
     io_elements, row_bytes = 0, None
     views = list(candidate.inputs) + list(candidate.outputs)
@@ -115,7 +129,7 @@ def step_features(
             row = math.prod(shape) * dtype_bytes(str(var.ty.dtype))  # one contiguous block
         row_bytes = row if row_bytes is None else min(row_bytes, row)
     n_chunks = -(-candidate.extent // chunk_len)
-    return StepFeatures(n_chunks, nodes, flops, io_elements, row_bytes or 1, totals)
+    return StepFeatures(n_chunks, nodes, flops, io_elements, row_bytes or 1, totals, collapsed)
 
 
 def _static_shape(ty: relax.TensorType, bounds) -> list[int] | None:
@@ -152,7 +166,7 @@ class CostModel:
     def default(cls) -> CostModel:
         """The weights fitted by ``benchmarks/fit_cost_model.py``."""
         data = json.loads(WEIGHTS_FILE.read_text())
-        return cls({t: float(data["weights"][t]) for t in TERMS})
+        return cls({t: float(data["weights"].get(t, 0.0)) for t in TERMS})
 
     def without(self, *terms: str) -> CostModel:
         return dataclasses.replace(self, terms=tuple(t for t in self.terms if t not in terms))
