@@ -66,3 +66,27 @@ def test_autochunk_at_half_the_peak(name):
     )
     assert measured <= sel.budget
     assert measured <= 0.6 * unchunked
+
+
+# -- deep models: repeated blocks are chunked as one class ------------------------------------
+def test_a_deep_gpt_chunks_every_layer_alike():
+    """Six layers: one selection step chunks the attention of all six (the planner shares the
+    score storage between layers, so one layer alone lowers nothing); outputs equal, the
+    measured peak within the budget, one region per layer, and the plans estimated no more
+    than for two layers."""
+    counts = {}
+    for layers in (2, 6):
+        model, args = ac.models.gpt("small", n_layer=layers, seq_len=512, n_embd=64)
+        mod = ac.from_torch(model, args)
+        selections = []
+        chunked = ac.build(mod, "llvm", budget=0.3, on_selection=selections.append)
+        (sel,) = selections
+        counts[layers] = sel.evaluated
+        assert sel.reached and len(sel.plan.steps) == layers
+        lengths = {(s.candidate.extent, s.chunk_len) for s in sel.plan.steps}
+        assert len(lengths) == 1, "alike layers are chunked alike"
+    plain = relax.build(mod, "llvm")
+    for got, want in zip(_run(chunked, args), _run(plain, args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert ac.measure_peak_memory(chunked, args).peak_bytes <= sel.budget
+    assert counts[6] <= 2 * counts[2]
