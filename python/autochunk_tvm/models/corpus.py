@@ -78,14 +78,14 @@ def gpt2(masked: bool = False, seq_len: int = 512) -> Built:
     return model, ((ids, torch.ones(1, seq_len, dtype=torch.int64)) if masked else (ids,))
 
 
-def llama(seq_len: int = 512) -> Built:
-    """``LlamaForCausalLM``, 2 layers, d 128, 4 query heads sharing 2 key/value heads (GQA),
-    with an attention mask."""
+def llama(seq_len: int = 512, n_layers: int = 2) -> Built:
+    """``LlamaForCausalLM``, ``n_layers`` layers, d 128, 4 query heads sharing 2 key/value
+    heads (GQA), with an attention mask."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        num_hidden_layers=2,
+        num_hidden_layers=n_layers,
         hidden_size=128,
         intermediate_size=256,
         num_attention_heads=4,
