@@ -76,7 +76,7 @@ def test_a_deep_gpt_chunks_every_layer_alike():
     than for two layers."""
     counts = {}
     for layers in (2, 6):
-        model, args = ac.models.gpt("small", n_layer=layers, seq_len=512, n_embd=64)
+        model, args = ac.models.gpt("small", n_layer=layers, seq_len=1024, n_embd=64)
         mod = ac.from_torch(model, args)
         selections = []
         chunked = ac.build(mod, "llvm", budget=0.3, on_selection=selections.append)
@@ -88,5 +88,7 @@ def test_a_deep_gpt_chunks_every_layer_alike():
     plain = relax.build(mod, "llvm")
     for got, want in zip(_run(chunked, args), _run(plain, args)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert ac.measure_peak_memory(chunked, args).peak_bytes <= sel.budget
+    measured = ac.measure_peak_memory(chunked, args).peak_bytes
+    print(f"6 layers: budget {sel.budget / 2**20:.2f} MiB, measured {measured / 2**20:.2f}")
+    assert measured <= sel.budget
     assert counts[6] <= 2 * counts[2]

@@ -11,7 +11,8 @@ allows:
    so the binding that tips the footprint over is rarely the one to chunk).
 3. *Select*: the candidate regions there are ranked cheaply on the Relax-level profile (the
    peak each leaves, the predicted cost), and the best ``top_k`` are applied at a fine chunk
-   length (``max_chunks`` chunks). A region may replace regions it contains, never cut one.
+   length (``max_chunks`` chunks), alone and together with its twins in the other layers
+   (NOTE [region classes]). A region may replace regions it contains, never cut one.
    Each child plan is re-estimated and kept only if it lowers the bytes over the budget.
    Plans reaching the same steps merge (the DP); the ``beam_width`` with the least excess
    memory, then the least cost, go on until ``beam_width`` plans fit.
