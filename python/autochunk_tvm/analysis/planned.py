@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import relax, tirx
 from tvm.ir.expr import GenericConst
 
+from .memo import StructuralMemo
 from .memory import (
     Liveness,
     MemoryProfile,
@@ -174,7 +174,7 @@ def fold_keeping_bindings(
     12-layer GPT. Outside the chunked regions a plan's module is the unchunked one, so that
     work is the same for every plan and is done once here. ``FoldConstant`` drops the bindings
     it folds and writes their constants into the uses; a plan's regions are spliced by
-    binding position and name, so the bindings are put back, bound to those constants. The
+    binding variable, so the bindings are put back, bound to those constants. The
     passes run again after the splice: they propagate the constants (as the build's own fold
     would have) and fold what the composites add.
     """
@@ -233,29 +233,26 @@ def cached_per_function(inner: tvm.transform.Pass) -> tvm.transform.Pass:
     so almost every fused kernel recurs from plan to plan; scheduling them all again was a
     fifth of a CUDA estimate. The cache belongs to the returned pass (one per estimator).
     """
-    cache: dict[tuple[str, int], list[tuple[tirx.PrimFunc, tirx.PrimFunc]]] = {}
+    cache = StructuralMemo()  # (function, target) -> the function scheduled
 
     @tvm.transform.module_pass(opt_level=0, name=inner.info.name)
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         target = tvm.target.Target.current()
         tag = str(target) if target is not None else ""
-        todo, keys, done = {}, {}, {}
+        todo, done = {}, {}
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc):
                 continue
-            key = (tag, tvm_ffi.structural_hash(func))
-            hit = next(
-                (out for f, out in cache.get(key, ()) if tvm_ffi.structural_equal(f, func)), None
-            )
+            hit = cache.get(func, tag)
             if hit is None:
-                todo[gv], keys[gv] = func, key
+                todo[gv] = func
             else:
                 done[gv.name_hint] = hit
         if todo:
             scheduled = inner(tvm.IRModule(todo))
             for gv, func in todo.items():
                 out = scheduled[gv.name_hint]
-                cache.setdefault(keys[gv], []).append((func, out))
+                cache.put(func, out, tag)
                 done[gv.name_hint] = out
         if not done:
             return mod

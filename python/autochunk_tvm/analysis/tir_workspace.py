@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import tvm_ffi
 from tvm import tirx
 
+from .memo import StructuralMemo
 from .sizes import SizeExpr, dtype_bytes, is_zero
 
 # NOTE [device memory scopes]: only these scopes live in the device's main memory. "shared",
@@ -127,8 +127,7 @@ def _storage_passes() -> list:
 # the unchunked module in a few composites, so almost every PrimFunc recurs unchanged. Results
 # are kept per (target, function) under the function's structural hash, confirmed by structural
 # equality, which makes a repeat cost one hash instead of a TIR lowering.
-_CACHE_LIMIT = 20000
-_cache: dict[tuple[str, int], list[tuple[tirx.PrimFunc, tuple[SizeExpr, ...]]]] = {}
+_cache = StructuralMemo(limit=20000)  # (function, target) -> allocation sizes
 
 
 def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]]:
@@ -142,19 +141,16 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
 
     found: dict[str, tuple[SizeExpr, ...]] = {}
     todo: dict = {}
-    keys: dict[str, tuple[str, int]] = {}
     tag = str(target)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        key = (tag, tvm_ffi.structural_hash(func))
-        hit = next((v for f, v in _cache.get(key, ()) if tvm_ffi.structural_equal(f, func)), None)
+        hit = _cache.get(func, tag)
         if hit is not None:
             found[gv.name_hint] = hit
             continue
-        keys[gv.name_hint] = key
         if is_zero(workspace_bytes(func)):
-            _remember(key, func, ())
+            _cache.put(func, (), tag)
             found[gv.name_hint] = ()
         else:
             todo[gv] = func
@@ -165,12 +161,6 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
             )
         for gv, func in lowered.functions.items():
             sizes = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
-            _remember(keys[gv.name_hint], todo[mod.get_global_var(gv.name_hint)], sizes)
+            _cache.put(todo[mod.get_global_var(gv.name_hint)], sizes, tag)
             found[gv.name_hint] = sizes
     return found
-
-
-def _remember(key, func, sizes) -> None:
-    if len(_cache) >= _CACHE_LIMIT:
-        _cache.clear()
-    _cache.setdefault(key, []).append((func, sizes))

@@ -18,9 +18,9 @@ import dataclasses
 from typing import Any
 
 import tvm
-import tvm_ffi
 from tvm import relax
 
+from ..analysis.memo import StructuralMemo
 from ..analysis.planned import as_target
 from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
 from ..search.flow import flat_bindings, trace_region
@@ -43,8 +43,8 @@ class LoweringCache:
     steps
         The lowered composite and region record of each step, by step and target.
     shapes
-        The same, by the structure of the region function at chunk shape (its structural
-        hash; entries confirmed by structural equality): NOTE [alike regions].
+        The same, by the region function at chunk shape compared structurally (with the
+        extent, chunk length and target): NOTE [alike regions].
     global_vars
         The typed GlobalVar of each composite under each name.
     traced
@@ -54,9 +54,7 @@ class LoweringCache:
     steps: dict[tuple[ChunkStep, str], tuple[tvm.tirx.PrimFunc, _Lowered]] = dataclasses.field(
         default_factory=dict
     )
-    shapes: dict[tuple, list[tuple[relax.Function, tvm.tirx.PrimFunc, _Lowered]]] = (
-        dataclasses.field(default_factory=dict)
-    )
+    shapes: StructuralMemo = dataclasses.field(default_factory=StructuralMemo)
     global_vars: dict[tuple[str, tvm.tirx.PrimFunc], relax.GlobalVar] = dataclasses.field(
         default_factory=dict
     )
@@ -148,8 +146,8 @@ def lower_chunk_plan(
     check of each region's chunk flow, across calls on the same module and target; selection
     lowers many plans that share steps.
 
-    ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with the same bindings by
-    position and name. The composites are then spliced into its functions, and the result is
+    ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with every binding's
+    variable kept, in order (helper bindings may come between). The composites are then spliced into its functions, and the result is
     the legalized form of the chunked module, without legalizing the whole module again (what
     selection's memory estimates need, many times over).
     """
@@ -218,12 +216,12 @@ def _lower_region(
     """
     cand = step.candidate
     full = region_function(func, cand, step.chunk_len, step.hoist)
-    shape_key = None
+    alike = (cand.extent, step.chunk_len, str(target))
     if cache is not None:
-        shape_key = (tvm_ffi.structural_hash(full.func), cand.extent, step.chunk_len, str(target))
-        for seen, composite, low in cache.shapes.get(shape_key, ()):
-            if tvm_ffi.structural_equal(seen, full.func):
-                return composite, _Lowered(full, low.constants, low.storages)
+        hit = cache.shapes.get(full.func, *alike)
+        if hit is not None:
+            composite, low = hit
+            return composite, _Lowered(full, low.constants, low.storages)
     extent = cand.extent
     tail_len = None
     if isinstance(extent, int):
@@ -252,8 +250,8 @@ def _lower_region(
     # A mark, not a name: alike regions share the composite (the GlobalVar names the region).
     composite = composite.with_attr(COMPOSITE_ATTR, True)
     region = _Lowered(full, full_program.constants, storages)
-    if shape_key is not None:
-        cache.shapes.setdefault(shape_key, []).append((full.func, composite, region))
+    if cache is not None:
+        cache.shapes.put(full.func, (composite, region), *alike)
     return composite, region
 
 
@@ -280,9 +278,9 @@ def _rewrite(
     """``func`` rebuilt with each lowered region replaced by its composite call.
 
     ``source``: the high-level function the regions were lowered from, when ``func`` is its
-    legalized form (the same bindings, by position and name, with legalized values). The
-    regions' inputs and hoisted bindings name ``source``'s variables; they are matched to
-    ``func``'s by name.
+    legalized form (the same variables, in order, with legalized values and possibly helper
+    bindings before them). The regions' inputs and hoisted bindings name ``source``'s
+    variables; they are matched to ``func``'s bindings of the same variable.
 
     NOTE [keep the variables]: every binding outside the regions is re-emitted as it is, with
     its own variable, and each region output keeps its variable too (bound to the composite's
@@ -300,12 +298,11 @@ def _rewrite(
         own = {b.var.name: [b] for b in all_bindings}
     else:
         source_vars = {b.var: i for i, b in enumerate(flat_bindings(source))}
-        owner, pending = [], []
-        for binding in reversed(all_bindings):
-            if binding.var in source_vars:
-                pending = [source_vars[binding.var]]
-            owner.append(pending[0] if pending else len(source_vars))
-        owner.reverse()
+        owner = [len(source_vars)] * len(all_bindings)  # trailing helpers: past the end
+        following = len(source_vars)
+        for j in range(len(all_bindings) - 1, -1, -1):
+            following = source_vars.get(all_bindings[j].var, following)
+            owner[j] = following
         groups: dict[int, list] = {}
         for binding, index in zip(all_bindings, owner):
             groups.setdefault(index, []).append(binding)
