@@ -141,6 +141,10 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
 
     found: dict[str, tuple[SizeExpr, ...]] = {}
     todo: dict = {}
+    # Alike regions share one composite under one GlobalVar each (NOTE [alike regions] in
+    # lowering/lower.py): a composite new to the cache is lowered once, not once per layer.
+    twins: dict[str, str] = {}  # name -> the name of the equal function lowered for it
+    pending = StructuralMemo()
     tag = str(target)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
@@ -149,11 +153,15 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
         if hit is not None:
             found[gv.name_hint] = hit
             continue
-        if is_zero(workspace_bytes(func)):
+        first = pending.get(func)
+        if first is not None:
+            twins[gv.name_hint] = first
+        elif is_zero(workspace_bytes(func)):
             _cache.put(func, (), tag)
             found[gv.name_hint] = ()
         else:
             todo[gv] = func
+            pending.put(func, gv.name_hint)
     if todo:
         with target:
             lowered = tvm.transform.Sequential(_storage_passes())(
@@ -163,4 +171,6 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
             sizes = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
             _cache.put(todo[mod.get_global_var(gv.name_hint)], sizes, tag)
             found[gv.name_hint] = sizes
+    for name, first in twins.items():
+        found[name] = found[first]
     return found
