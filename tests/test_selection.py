@@ -90,10 +90,35 @@ def test_largest_fitting_chunk_length_is_exact(extent, target):
         assert len(probes) <= 3 * math.ceil(math.log2(extent + 1)) + 2  # not a scan
 
 
+@pytest.mark.parametrize("guess_off", [0, -5, 1, 40, None])
+def test_largest_fitting_is_exact_from_any_guess(guess_off):
+    """relax() passes the length a group got in a plan relaxed before (NOTE [warm relax]):
+    right, it costs two probes; wrong by any amount, the answer is the same."""
+
+    def held(length):
+        return 100 + 7 * length + (length % 3)
+
+    answer = max(n for n in range(1, 1001) if held(n) <= 4000)
+    guess = None if guess_off is None else answer + guess_off
+    probes = []
+    got = _largest_fitting(lambda n: probes.append(n) or held(n), 4000, 3, 1000, guess)
+    assert got == answer
+    if guess_off == 0:
+        assert probes == [3, answer, answer + 1]
+
+
 def test_largest_fitting_takes_secant_steps_on_a_linear_footprint():
     probes = []
     got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096)
-    assert got == 500 and probes == [8, 4096, 500, 501]  # the line lands on it
+    assert got == 500 and probes == [8, 4096, 2052, 500, 501]  # the line lands on it
+
+
+def test_largest_fitting_steps_over_a_flat_start():
+    """Below some length the peak is elsewhere in the plan, so the footprint is flat first;
+    a secant from a fitting length would crawl up from it one length at a time."""
+    probes = []
+    got = _largest_fitting(lambda n: probes.append(n) or max(2000, 100 + 50 * n), 2100, 1, 64)
+    assert got == 40 and len(probes) <= 6, probes
 
 
 def test_largest_fitting_treats_a_length_that_does_not_lower_as_too_large():

@@ -129,6 +129,7 @@ class _Selector:
         self._unlowerable: set[ChunkCandidate] = set()  # shared by with_budget copies
         self.classes = ClassFinder(self.func, estimator.func_name)
         self._class_of: dict[ChunkCandidate, RegionClass] = {}  # members of classes applied
+        self._relaxed: dict[frozenset, int] = {}  # a group's regions -> the length relaxed to
 
     def try_estimate(self, steps, added: ChunkCandidate | None = None) -> PlanEstimate | None:
         """The plan's estimate, or None when it cannot be lowered.
@@ -329,7 +330,12 @@ class _Selector:
                 )
 
             extent = min(c.extent for c in cands)
-            best = _largest_fitting(peak, self.budget, group[0].chunk_len, extent)
+            # NOTE [warm relax]: the plans relaxed differ in a region or two; a group relaxed
+            # in one is first tried at the length it got there (two probes when it holds).
+            key = frozenset(cands)
+            guess = self._relaxed.get(key)
+            best = _largest_fitting(peak, self.budget, group[0].chunk_len, extent, guess)
+            self._relaxed[key] = best
             steps = [*others, *(self.step(c, best) for c in cands)]
         steps = ordered_steps(steps)
         return _State(steps, self.est.estimate(steps))
@@ -359,39 +365,58 @@ class _Selector:
         )
 
 
-def _largest_fitting(held, target: int, fits: int, extent: int) -> int:
+def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | None = None) -> int:
     """The largest chunk length in ``[fits, extent]`` with ``held(length) <= target``, given
     that ``fits`` is such a length; ``held`` grows with the length, about linearly
     (``X + Y + A * length``), and may be infinite (a length that does not lower).
 
-    The bracket ``[lo, hi)`` starts at ``[fits, extent + 1)``; the first probe is the whole
-    extent, so both ends of the bracket have values. Then steps cycle: a secant step on the
-    line through the bracket's ends, a probe next to it (on a straight line the secant lands
-    on the answer and its neighbour closes the bracket), and a bisection, so that a bad line
-    (page rounding, a step in the storage plan) cannot slow it below a third of bisection's
-    pace.
+    The bracket ``[lo, hi)`` starts at ``[fits, extent + 1)``. A ``guess`` (the answer of a
+    similar plan) is probed first, with its neighbour above: when it is the answer, that
+    closes the bracket. Otherwise the next probe is the whole extent, so both ends of the
+    bracket have values. Then steps cycle: a secant step on the line through the two
+    shortest lengths known not to fit, a probe next to it (on a straight line the secant
+    lands on the answer and its neighbour closes the bracket), and a bisection, so that a bad
+    line (page rounding, a step in the storage plan) cannot slow it below a third of
+    bisection's pace; bisection until two lengths that do not fit are known.
+
+    The secant takes two lengths that do not fit, not the bracket's ends: below some length
+    the footprint is flat (the peak is elsewhere in the plan) and only rises past it, so the
+    line from a fitting length runs under the curve and lands a length or two above ``lo``
+    (seen on the Evoformer: 15 probes for one group). Lengths over the target are on the
+    rising part.
     """
     values = {fits: held(fits)}
     lo, hi = fits, extent + 1  # lo fits; hi is the smallest length known not to (or past it)
-    step = 0
-    last_fit = True
+    if guess is not None and lo < guess <= extent:
+        for probe in (guess, guess + 1):
+            if probe > extent:
+                break
+            values[probe] = held(probe)
+            if values[probe] > target:
+                hi = probe
+                break
+            lo = probe
+    last, last_probe = "bisect", lo
     while hi - lo > 1:
-        kind = ("secant", "adjacent", "bisect")[step % 3]
-        guess = (lo + hi) // 2
+        probe = (lo + hi) // 2
+        kind = "bisect"
+        failing = sorted(n for n, v in values.items() if target < v < math.inf)
         if hi > extent:
-            guess = extent
-        elif kind == "secant" and math.isfinite(values[hi]) and values[hi] > values[lo]:
-            guess = lo + int((hi - lo) * (target - values[lo]) / (values[hi] - values[lo]))
-        elif kind == "adjacent":
-            guess = lo + 1 if last_fit else hi - 1
-        guess = min(max(guess, lo + 1), hi - 1)
-        step += hi <= extent  # the probe of the whole extent starts no cycle
-        values[guess] = held(guess)
-        last_fit = values[guess] <= target
-        if last_fit:
-            lo = guess
+            probe, kind = extent, "extent"
+        elif last == "secant":
+            probe, kind = (lo + 1 if lo == last_probe else hi - 1), "adjacent"
+        elif last != "adjacent" and len(failing) >= 2:
+            a, b = failing[:2]
+            slope = (values[b] - values[a]) / (b - a)
+            if slope > 0:
+                probe, kind = a - math.ceil((values[a] - target) / slope), "secant"
+        probe = min(max(probe, lo + 1), hi - 1)
+        values[probe] = held(probe)
+        last, last_probe = kind, probe
+        if values[probe] <= target:
+            lo = probe
         else:
-            hi = guess
+            hi = probe
     return lo
 
 
