@@ -26,7 +26,7 @@ from autochunk_tvm.selection import (
     select_plan,
 )
 from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE, ModelTotals, step_features
-from autochunk_tvm.selection.select import _largest_fitting
+from autochunk_tvm.selection.select import _beam, _largest_fitting, _Selector, _State
 
 MIB = 1 << 20
 
@@ -239,6 +239,26 @@ def test_unreachable_budget_reports_the_smallest_peak(gpt):
     assert not sel.reached and sel.plan.estimated_peak <= smallest
     # the reported minimum is itself a budget that can be met
     assert select_plan(mod, smallest, "llvm", estimator=est).reached
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.05])
+def test_a_wider_beam_makes_every_plan_a_narrower_one_makes(gpt, fraction):
+    """NOTE [nested beams]: the beam of width 1 is, stage by stage, a prefix of width 2's,
+    which is one of width 3's; so a wider beam never ends worse, reachable or not."""
+    _, _, mod, est = gpt
+    baseline = est.estimate(())
+    budget = int(fraction * baseline.peak)
+    made, kept, lowest = [], [], []
+    for width in (1, 2, 3):
+        selector = _Selector(est, budget, CostModel.default(), top_k=3, max_chunks=64)
+        fits, explored = _beam(selector, _State((), baseline), width, max_stages=64)
+        made.append({s.steps for s in explored})
+        kept.append({s.steps for s in fits})
+        lowest.append(min(s.estimate.peak for s in explored))
+    assert made[0] < made[2] and made[0] <= made[1] <= made[2]
+    assert kept[0] <= kept[1] <= kept[2]
+    assert lowest[0] >= lowest[1] >= lowest[2]
+    assert bool(kept[0]) == (fraction == 0.2)  # one budget met, one not
 
 
 def test_budget_above_the_unchunked_peak_changes_nothing(gpt):

@@ -14,8 +14,9 @@ allows:
    length (``max_chunks`` chunks), alone and together with its twins in the other layers
    (NOTE [region classes]). A region may replace regions it contains, never cut one.
    Each child plan is re-estimated and kept only if it lowers the bytes over the budget.
-   Plans reaching the same steps merge (the DP); the ``beam_width`` with the least excess
-   memory, then the least cost, go on until ``beam_width`` plans fit.
+   Plans reaching the same steps merge (the DP); ``beam_width`` of them, with the least
+   excess memory, then the least cost, go on, in slots that nest (NOTE [nested beams]: a
+   wider beam never ends worse), until every slot's plan fits or none is left.
 4. *Relax* every plan that fits: steps it does not need are dropped, and each step, most
    expensive first, gets the largest chunk length at which the whole plan still fits (secant steps and
    bisection on the estimate, from the length it was found at). The cheapest relaxed plan by the cost model wins.
@@ -555,8 +556,9 @@ def select_plan(
             finished = [best]
             selector = selector.with_budget(max(limit_eff, best.estimate.peak))
     if finished:
-        relaxed = list({s.steps: s for s in map(selector.relax, finished[:beam_width])}.values())
+        relaxed = list({s.steps: s for s in map(selector.relax, finished)}.values())
         relaxed.sort(key=lambda s: (selector.cost(s.steps), s.estimate.peak))
+        relaxed = relaxed[:beam_width]
         chosen = relaxed[0]
         if tune and len(relaxed) > 1:
             from .tune import fastest
@@ -580,32 +582,57 @@ def select_plan(
 
 
 def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
-    """The staged beam search: ``(plans that fit, every plan made)``."""
+    """The staged beam search: ``(plans that fit and took a slot of the beam, every plan
+    made)``.
+
+    NOTE [nested beams]: the beam has ``beam_width`` slots. At each stage, slot ``i`` takes
+    the best plan (least excess, then least cost) not yet taken among the children of the
+    plans in slots ``0..i``. A slot whose plan fits ends its line (it has no children), as
+    does a slot left empty. The first ``w`` slots thus depend only on the first ``w`` slots
+    before them: from the shared root, a narrower search's beam is, slot for slot, a prefix
+    of a wider one's at every stage. A wider beam makes every plan a narrower one makes,
+    runs at least as long (the search ends when no slot goes on), relaxes every plan that
+    one relaxes, and never ends worse. Ranking all children together instead let a narrow
+    beam keep a line that a wide one dropped for plans that looked better one stage on (a
+    small random model: ``beam_width=1`` reached 45% of the unchunked peak, 3 stopped at 50%).
+    """
     budget = selector.budget
-    finished: list[_State] = []
+
+    def rank(state: _State):
+        return (state.estimate.excess(budget), selector.cost(state.steps))
+
+    def going(state: _State | None) -> bool:
+        return state is not None and state.estimate.peak > budget
+
+    kept: list[_State] = []
     explored: list[_State] = [root]
-    beam = [root]
+    beam: list[_State | None] = [root] + [None] * (beam_width - 1)
     for stage in range(max_stages):
-        merged: dict[tuple, _State] = {}
-        for state in beam:
-            for child in selector.expand(state):
-                merged.setdefault(child.steps, child)
-        explored.extend(merged.values())
-        finished += [c for c in merged.values() if c.estimate.peak <= budget]
-        going = [c for c in merged.values() if c.estimate.peak > budget]
-        going.sort(key=lambda s: (s.estimate.excess(budget), selector.cost(s.steps)))
-        beam = going[: max(0, beam_width - len(finished))]
+        made: dict[tuple, _State] = {}  # plans reached twice are kept once (the DP)
+        slots: list[_State | None] = []
+        taken: set[tuple] = set()
+        for parent in beam:
+            if going(parent):
+                for child in selector.expand(parent):
+                    made.setdefault(child.steps, child)
+            free = [c for c in made.values() if c.steps not in taken]
+            slots.append(min(free, key=rank) if free else None)
+            if free:
+                taken.add(slots[-1].steps)
+        explored.extend(made.values())
+        kept += [c for c in slots if c is not None and not going(c)]
+        beam = slots
         logger.info(
             "select: stage %d, %d plans, %d fit, smallest peak %.1f MiB (budget %.1f MiB)",
             stage + 1,
-            len(merged),
-            len(finished),
-            min((c.estimate.peak for c in merged.values()), default=0) / 2**20,
+            len(made),
+            sum(c.estimate.peak <= budget for c in made.values()),
+            min((c.estimate.peak for c in made.values()), default=0) / 2**20,
             budget / 2**20,
         )
-        if not beam:
+        if not any(map(going, beam)):
             break
-    return finished, explored
+    return kept, explored
 
 
 def _selection(state, selector, limit, baseline, est, began, *, reached) -> Selection:
