@@ -139,6 +139,8 @@ def test_cost_terms_switch_off():
     assert model.without("node", "flop").terms == ("density", "stride", "collapse")
     with pytest.raises(ValueError, match="unknown cost terms"):
         CostModel({"latency": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        CostModel({"flop": -0.5})
 
 
 def test_a_chunk_of_one_head_costs_more_than_a_chunk_of_two():

@@ -161,6 +161,10 @@ class CostModel:
         unknown = set(self.weights) - set(TERMS) | set(self.terms) - set(TERMS)
         if unknown:
             raise ValueError(f"unknown cost terms {sorted(unknown)}; the terms are {TERMS}")
+        negative = sorted(t for t, w in self.weights.items() if w < 0)
+        if negative:
+            # Selection stops relaxing plans at one that costs nothing (select.py).
+            raise ValueError(f"cost weights must be non-negative; {negative} are not")
 
     @classmethod
     def default(cls) -> CostModel:

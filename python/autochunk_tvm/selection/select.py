@@ -556,8 +556,15 @@ def select_plan(
             finished = [best]
             selector = selector.with_budget(max(limit_eff, best.estimate.peak))
     if finished:
-        relaxed = list({s.steps: s for s in map(selector.relax, finished)}.values())
-        relaxed.sort(key=lambda s: (selector.cost(s.steps), s.estimate.peak))
+        found: dict[tuple, _State] = {}
+        for state in finished:
+            done = selector.relax(state)
+            found.setdefault(done.steps, done)
+            # Step costs are never negative: once a relaxed plan costs nothing, no other can
+            # be cheaper (the plans the tuner times excepted).
+            if len(found) >= (beam_width if tune else 1) and selector.cost(done.steps) <= 0:
+                break
+        relaxed = sorted(found.values(), key=lambda s: (selector.cost(s.steps), s.estimate.peak))
         relaxed = relaxed[:beam_width]
         chosen = relaxed[0]
         if tune and len(relaxed) > 1:
