@@ -84,6 +84,7 @@ def run(name: str, target: str) -> list[dict]:
             "regions": len(sel.plan.steps),
             "plans_estimated": sel.evaluated,
             "selection_seconds": round(sel.seconds, 1),
+            "run": _revision(),
         }
         if not sel.reached:
             row["floor_explained"] = str(ac.PlanReport.of(mod, sel).peak)
@@ -97,14 +98,26 @@ def run(name: str, target: str) -> list[dict]:
     return rows
 
 
+def _revision() -> str:
+    """Today's date and the commit the row was selected with (rows of a merge differ)."""
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return f"{time.strftime('%Y-%m-%d')} {head}".strip()
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "# Depth scaling: selection from 2 to 48 layers",
+        "Rows of one file come from several `--merge` runs: `run` is the date and commit of each.",
+        "",
         (
             "| model | layers | target | budget | reached | predicted / unchunked | regions | "
-            "plans estimated | selection |"
+            "plans estimated | selection | run |"
         ),
-        "|---|---:|---|---:|---|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---|",
     ]
     order = {name: k for k, name in enumerate(MODELS)}
     for r in sorted(rows, key=lambda r: (order[r["model"]], r["target"], -r["budget"])):
@@ -112,7 +125,7 @@ def table(rows: list[dict]) -> list[str]:
             f"| `{r['model']}` | {r['layers']} | {r['target']} | {r['budget']:.0%} | "
             f"{'yes' if r['reached'] else '**no**'} | {r['fraction']:.1%} of "
             f"{r['unchunked_peak'] / MIB:.1f} MiB | {r['regions']} | {r['plans_estimated']} | "
-            f"{r['selection_seconds']:.0f} s |"
+            f"{r['selection_seconds']:.0f} s | {r.get('run', '')} |"
         )
     missed = [r for r in rows if not r["reached"]]
     for r in missed:

@@ -629,14 +629,17 @@ def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
         explored.extend(made.values())
         kept += [c for c in slots if c is not None and not going(c)]
         beam = slots
-        logger.info(
-            "select: stage %d, %d plans, %d fit, smallest peak %.1f MiB (budget %.1f MiB)",
-            stage + 1,
-            len(made),
-            sum(c.estimate.peak <= budget for c in made.values()),
-            min((c.estimate.peak for c in made.values()), default=0) / 2**20,
-            budget / 2**20,
-        )
+        if made:
+            logger.info(
+                "select: stage %d, %d plans, %d fit, smallest peak %.1f MiB (budget %.1f MiB)",
+                stage + 1,
+                len(made),
+                sum(c.estimate.peak <= budget for c in made.values()),
+                min(c.estimate.peak for c in made.values()) / 2**20,
+                budget / 2**20,
+            )
+        else:
+            logger.info("select: stage %d, no plan lowers the excess or the peak", stage + 1)
         if not any(map(going, beam)):
             break
     return kept, explored
