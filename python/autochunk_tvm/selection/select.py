@@ -17,9 +17,10 @@ allows:
    Plans reaching the same steps merge (the DP); ``beam_width`` of them, with the least
    excess memory, then the least cost, go on, in slots that nest (NOTE [nested beams]: a
    wider beam never ends worse), until every slot's plan fits or none is left.
-4. *Relax* every plan that fits: steps it does not need are dropped, and each step, most
-   expensive first, gets the largest chunk length at which the whole plan still fits (secant steps and
-   bisection on the estimate, from the length it was found at). The cheapest relaxed plan by the cost model wins.
+4. *Relax* the plans that fit, in the order found, until one costs nothing: steps a plan
+   does not need are dropped, and each step, most expensive first, gets the largest chunk
+   length at which the whole plan still fits (secant steps and bisection on the estimate,
+   from the length it was found at). The cheapest relaxed plan by the cost model wins.
 
 When nothing fits, the plan with the smallest peak found is what ``strict=False`` returns and
 what :class:`~.budget.BudgetUnreachableError` reports.
@@ -599,9 +600,10 @@ def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
     before them: from the shared root, a narrower search's beam is, slot for slot, a prefix
     of a wider one's at every stage. A wider beam makes every plan a narrower one makes,
     runs at least as long (the search ends when no slot goes on), relaxes every plan that
-    one relaxes, and never ends worse. Ranking all children together instead let a narrow
-    beam keep a line that a wide one dropped for plans that looked better one stage on (a
-    small random model: ``beam_width=1`` reached 45% of the unchunked peak, 3 stopped at 50%).
+    one relaxes, and never ends worse. Ranking all children of a stage together does not
+    nest: a narrow beam could keep a line that a wide one dropped for plans that looked
+    better one stage on. The nesting holds for one ``top_k``; a larger ``top_k`` is not
+    nested (``expand`` stops at the first centre with a child).
     """
     budget = selector.budget
 
