@@ -83,6 +83,24 @@ def test_compile_writes_a_library_that_python_loads(program, tmp_path, capsys):
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_cuda_library_compiled_without_the_driver_says_it_holds_kernel_source(
+    program, tmp_path, capsys
+):
+    from autochunk_tvm.pipeline import cuda_kernels_compile_at_build
+
+    path, _ = program
+    lib = tmp_path / "gpt_cuda.so"
+    assert cli.main(["compile", path, "--target", "cuda", "-o", str(lib), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    with open(lib, "rb") as f:
+        holds_source = b"__global__" in f.read()
+    # The note is given exactly when the library carries CUDA source instead of a binary.
+    assert holds_source == (not cuda_kernels_compile_at_build())
+    assert ("holds the kernels' CUDA source" in err) == holds_source
+    if holds_source:
+        assert "C++ runner cannot load it" in err and "CUDA driver is installed" in err
+
+
 def test_plan_writes_the_report_and_plots_without_building(program, tmp_path, capsys):
     path, _ = program
     assert cli.main(["plan", path, "--budget", "50%", "--out-dir", str(tmp_path)]) == 0

@@ -313,6 +313,7 @@ def _compile(args: argparse.Namespace) -> int:
     from tvm import relax
 
     import autochunk_tvm as ac
+    from autochunk_tvm.pipeline import cuda_kernels_compile_at_build
 
     target = _target(args.target)
     output = args.output or os.path.splitext(os.path.basename(args.program))[0] + ".so"
@@ -326,7 +327,7 @@ def _compile(args: argparse.Namespace) -> int:
         ):
             selection = _select(mod, target, args)
         print(ac.PlanReport.of(mod, selection))
-    with progress.step(f"building for {target.kind.name}"):
+    with progress.step(f"building for {target.kind.name}"), target:  # target: see ac.build
         ex = relax.build(_apply(mod, selection, target) if selection else mod, target=target)
     with progress.step(f"exporting {output}"):
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -335,6 +336,15 @@ def _compile(args: argparse.Namespace) -> int:
         f"wrote {output}: load it with relax.VirtualMachine(tvm.runtime.load_module({output!r}), "
         "dev), or run it with the C++ runner (autochunk_run)"
     )
+    if target.kind.name == "cuda" and not cuda_kernels_compile_at_build():
+        print(
+            f"note: this machine has no CUDA driver, so {output} holds the kernels' CUDA source: "
+            "TVM compiles it when the library is loaded, which needs the apache-tvm Python "
+            "package there (and cuda-bindings, or nvcc with TVM_CUDA_COMPILE_MODE=nvcc); the "
+            "C++ runner cannot load it. Compile where the CUDA driver is installed for a library "
+            "the TVM runtime alone can load.",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

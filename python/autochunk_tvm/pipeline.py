@@ -20,6 +20,19 @@ from .analysis.planned import as_target
 from .transform import AutoChunk
 
 
+def cuda_kernels_compile_at_build() -> bool:
+    """Whether a CUDA build in this process compiles its kernels to a binary.
+
+    TVM does so only when its CUDA runtime library is loaded, which needs the CUDA driver
+    (``libcuda.so.1``; not a GPU). Without it a CUDA library keeps the kernels' source, and TVM
+    compiles it when the library is loaded, through its Python compiler: the TVM runtime alone
+    (the C++ runner, a deployment without the TVM wheel) cannot load such a library.
+    """
+    from tvm.base import _LOADED_LIBS
+
+    return "tvm_runtime_cuda" in _LOADED_LIBS
+
+
 def _target_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     # Mirrors relax.build's choice for relax_pipeline="default" (tvm/relax/vm_build.py).
     if "gpu" in target.keys:
@@ -80,6 +93,10 @@ def build(
             f"{type(mod).__qualname__}"
         )
     tgt = as_target(target)
-    if budget is None:
-        return relax.build(mod, target=tgt)
-    return relax.build(mod, target=tgt, relax_pipeline=autochunk_pipeline(budget, tgt, **options))
+    # The target scope reaches the CUDA kernels' compiler, which reads the arch from it when it
+    # runs at build time (where the CUDA driver is installed) and no GPU is there to ask.
+    with tgt:
+        if budget is None:
+            return relax.build(mod, target=tgt)
+        pipeline = autochunk_pipeline(budget, tgt, **options)
+        return relax.build(mod, target=tgt, relax_pipeline=pipeline)
