@@ -263,6 +263,23 @@ def test_a_wider_beam_makes_every_plan_a_narrower_one_makes(gpt, fraction):
     assert bool(kept[0]) == (fraction == 0.2)  # one budget met, one not
 
 
+def test_a_new_region_is_tried_coarser_only_after_its_finest(gpt):
+    """NOTE [coarser children]: the finest length first, then 8 and 64 times fewer chunks
+    (never fewer than 2), each length once."""
+    _, _, mod, est = gpt
+    selector = _Selector(est, 1, CostModel.default(), top_k=3, max_chunks=64)
+
+    class Extent:
+        def __init__(self, extent):
+            self.extent = extent
+
+    assert selector.child_lengths(Extent(1024)) == [16, 128]  # 64 chunks, then 8
+    assert selector.child_lengths(Extent(16)) == [1, 8]  # 16 chunks, then 2
+    assert selector.child_lengths(Extent(3)) == [1]  # 3 chunks: nothing coarser is >= 2
+    big = _Selector(est, 1, CostModel.default(), top_k=3, max_chunks=256)
+    assert big.child_lengths(Extent(4096)) == [16, 128, 1024]  # 256, 32 and 4 chunks
+
+
 def test_budget_above_the_unchunked_peak_changes_nothing(gpt):
     _, _, mod, est = gpt
     sel = select_plan(mod, "1TiB", "llvm", estimator=est)

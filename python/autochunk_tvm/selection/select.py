@@ -184,6 +184,23 @@ class _Selector:
     def fine_length(self, cand: ChunkCandidate) -> int:
         return -(-cand.extent // min(cand.extent, self.max_chunks))
 
+    def child_lengths(self, cand: ChunkCandidate) -> list[int]:
+        """Chunk lengths a new region can be tried at: the finest, then 8 and 64 times fewer
+        chunks (at least 2).
+
+        NOTE [coarser children]: more chunks is not always less memory. The pooled allocator
+        gives a freed buffer only to a request of the same size, so a region's chunk storages
+        can leave the full-size storages they replace cached and unused: OpenFold's triangle
+        attention on CUDA (n_res 128) peaks at 37.4 MiB in 8 chunks and at 52.3 MiB in 64,
+        above the unchunked 51.3 MiB, and tried at 64 alone it was never chosen. Coarser
+        lengths are tried only at a centre where no region lowers the excess at its finest,
+        so plans that progress estimate no more than before.
+        """
+        counts = [min(cand.extent, self.max_chunks)]
+        while counts[-1] // 8 >= 2:
+            counts.append(counts[-1] // 8)
+        return list(dict.fromkeys(-(-cand.extent // n) for n in counts))
+
     def ranked(self, state: _State, centre: int, cands: list[ChunkCandidate]):
         """The ``top_k`` most promising candidates, from the Relax-level profile.
 
@@ -253,32 +270,52 @@ class _Selector:
         # storages are new, and the big shared storage is still allocated, one layer later.
         # No single step then lowers the excess, though two do. When no child lowers it, children that lower the peak go on
         # instead (seen on CUDA, GPT-small at 20%: 36.5 MiB was reported as the floor).
-        lower_peak = []
+        lower_peak: list[_State] = []
         for centre in state.estimate.excess_causes(self.budget)[: self.CENTRES]:
             if centre >= len(self.est.bindings):
                 continue
-            children = []
-            for cand in self.ranked(state, centre, self._legal(state, centre)):
-                for members in self._variants(state, cand):
-                    kept = [
-                        s
-                        for s in state.steps
-                        if not any(m.start <= s.candidate.start <= m.end for m in members)
-                    ]
-                    length = self.fine_length(cand)
-                    steps = ordered_steps([*kept, *(self.step(m, length) for m in members)])
-                    if steps == state.steps:
-                        continue
-                    estimate = self.try_estimate(steps, added=cand)
-                    if estimate is None:
-                        continue
-                    if estimate.excess(self.budget) < excess:
-                        children.append(_State(steps, estimate))
-                    elif estimate.peak < state.estimate.peak:
-                        lower_peak.append(_State(steps, estimate))
-            if children:
-                return children
+            ranked = self.ranked(state, centre, self._legal(state, centre))
+            # The finest length first; coarser ones only where no region lowers the excess at
+            # its finest (NOTE [coarser children]).
+            for coarse in (False, True):
+                children: list[_State] = []
+                for cand in ranked:
+                    lengths = self.child_lengths(cand)
+                    lengths = lengths[1:] if coarse else lengths[:1]
+                    for members in self._variants(state, cand):
+                        child, peak_only = self._child(state, cand, members, lengths, excess)
+                        if child is not None:
+                            children.append(child)
+                        elif peak_only is not None:
+                            lower_peak.append(peak_only)
+                if children:
+                    return children
         return lower_peak
+
+    def _child(self, state, cand, members, lengths, excess) -> tuple[_State | None, _State | None]:
+        """``state`` with ``members`` (``cand`` and maybe its twins) chunked at the first of
+        ``lengths`` that lowers the excess: (that plan, None); else (None, the plan among them
+        with the lowest peak, if it lowers the peak)."""
+        kept = [
+            s
+            for s in state.steps
+            if not any(m.start <= s.candidate.start <= m.end for m in members)
+        ]
+        lowest: _State | None = None
+        for length in lengths:
+            steps = ordered_steps([*kept, *(self.step(m, length) for m in members)])
+            if steps == state.steps:
+                break
+            estimate = self.try_estimate(steps, added=cand)
+            if estimate is None:
+                break
+            if estimate.excess(self.budget) < excess:
+                return _State(steps, estimate), None
+            if estimate.peak < state.estimate.peak and (
+                lowest is None or estimate.peak < lowest.estimate.peak
+            ):
+                lowest = _State(steps, estimate)
+        return None, lowest
 
     def _variants(self, state: _State, cand: ChunkCandidate) -> list[tuple[ChunkCandidate, ...]]:
         """The ways to add ``cand``: with its whole class (every twin that does not cut a
