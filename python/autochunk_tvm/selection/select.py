@@ -280,6 +280,8 @@ class _Selector:
             for coarse in (False, True):
                 children: list[_State] = []
                 for cand in ranked:
+                    if cand in self._unlowerable:  # found so in the finer pass
+                        continue
                     lengths = self.child_lengths(cand)
                     lengths = lengths[1:] if coarse else lengths[:1]
                     for members in self._variants(state, cand):
