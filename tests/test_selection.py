@@ -263,6 +263,20 @@ def test_a_wider_beam_makes_every_plan_a_narrower_one_makes(gpt, fraction):
     assert bool(kept[0]) == (fraction == 0.2)  # one budget met, one not
 
 
+def test_the_least_memory_search_stops_when_the_peak_stops_falling(gpt):
+    """NOTE [patience]: the floor search ends once no stage lowers the peak, with the floor
+    the full search finds on the zoo GPT, in fewer plans."""
+    _, _, mod, est = gpt
+    baseline = est.estimate(())
+    runs = []
+    for patience in (None, 2):
+        selector = _Selector(est, 1, CostModel.default(), top_k=3, max_chunks=64)
+        _, explored = _beam(selector, _State((), baseline), 3, 64, patience=patience)
+        runs.append((len(explored), min(s.estimate.peak for s in explored)))
+    (full, floor), (patient, patient_floor) = runs
+    assert patient_floor == floor and patient < full
+
+
 def test_a_new_region_is_tried_coarser_only_after_its_finest(gpt):
     """NOTE [coarser children]: the finest length first, then 8 and 64 times fewer chunks
     (never fewer than 2), each length once."""

@@ -583,7 +583,7 @@ def select_plan(
     if not finished:
         # The search follows the budget. For the smallest reachable peak, follow the least
         # memory (a 1-byte budget); if that fits the budget (not the headroom), relax to it.
-        _, lowest = _beam(selector.with_budget(1), root, beam_width, max_stages)
+        _, lowest = _beam(selector.with_budget(1), root, beam_width, max_stages, patience=4)
         # NOTE [a floor that can be met]: the floor reported is what the least-memory search
         # reaches. That search does not depend on the budget, so a budget of at least the
         # floor is met, as the error promises. A plan the budget-following search found on
@@ -628,9 +628,24 @@ def select_plan(
     return _selection(chosen, selector, limit, baseline, est, began, reached=False)
 
 
-def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
+def _beam(
+    selector: _Selector,
+    root: _State,
+    beam_width: int,
+    max_stages: int,
+    patience: int | None = None,
+):
     """The staged beam search: ``(plans that fit and took a slot of the beam, every plan
-    made)``.
+    made)``. With ``patience``, it also ends after that many stages in a row that make no
+    plan with a peak lower than every plan before.
+
+    NOTE [patience]: the least-memory search (a 1-byte budget, for the floor) ranks plans by
+    their excess, which for such a budget is the area under the footprint: a plan that delays
+    an allocation lowers it without lowering the peak, and a walk of such plans ran all 64
+    stages (OpenFold's Evoformer on CUDA, 2-3 plans a stage). Only a lower peak lowers the
+    floor, so that search stops when the peak has not moved for ``patience`` stages. The
+    budget-following search has no patience: there a stage that lowers the excess and not
+    the peak is how a plateau is crossed (NOTE [plateaus]).
 
     NOTE [nested beams]: the beam has ``beam_width`` slots. At each stage, slot ``i`` takes
     the best plan (least excess, then least cost) not yet taken among the children of the
@@ -655,6 +670,7 @@ def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
     kept: list[_State] = []
     explored: list[_State] = [root]
     beam: list[_State | None] = [root] + [None] * (beam_width - 1)
+    lowest, idle = root.estimate.peak, 0
     for stage in range(max_stages):
         made: dict[tuple, _State] = {}  # plans reached twice are kept once (the DP)
         slots: list[_State | None] = []
@@ -682,6 +698,11 @@ def _beam(selector: _Selector, root: _State, beam_width: int, max_stages: int):
         else:
             logger.info("select: stage %d, no plan lowers the excess or the peak", stage + 1)
         if not any(map(going, beam)):
+            break
+        stage_lowest = min((c.estimate.peak for c in made.values()), default=lowest)
+        lowest, idle = (stage_lowest, 0) if stage_lowest < lowest else (lowest, idle + 1)
+        if patience is not None and idle >= patience:
+            logger.info("select: no lower peak in %d stages, the search ends", patience)
             break
     return kept, explored
 
