@@ -277,11 +277,13 @@ class _Selector:
             for c in state.estimate.excess_causes(self.budget)[: self.CENTRES]
             if c < len(self.est.bindings)
         ]
-        ranked = {c: self.ranked(state, c, self._legal(state, c)) for c in centres}
+        ranked: dict[int, list[ChunkCandidate]] = {}  # filled as centres are reached
         # Every centre at the finest lengths first; coarser lengths only when no region at any
         # centre lowers the excess at its finest (NOTE [coarser children]).
         for coarse in (False, True):
             for centre in centres:
+                if centre not in ranked:
+                    ranked[centre] = self.ranked(state, centre, self._legal(state, centre))
                 children: list[_State] = []
                 for cand in ranked[centre]:
                     if cand in self._unlowerable:  # found so in the finer pass
