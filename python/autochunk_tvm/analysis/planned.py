@@ -2,8 +2,9 @@
 
 The high-level profile counts every tensor the graph names. A build allocates something else:
 legalized ops and fused PrimFuncs allocate workspace of their own (a softmax keeps its
-exponentials; DESIGN.md §4), fusion removes intermediates, ``StaticPlanBlockMemory`` packs
-tensors into reusable storages, and the VM's allocators keep what they freed.
+exponentials; docs/architecture.md §4), fusion removes intermediates,
+``StaticPlanBlockMemory`` packs tensors into reusable storages, and the VM's allocators keep
+what they freed.
 :func:`static_allocation` lowers the module exactly as ``relax.build`` does for the target, up to
 memory planning, and replays the plan through models of the two runtime allocators:
 
@@ -126,7 +127,8 @@ def memory_plan_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
 
 
 def _backend_pipeline_module(target: tvm.target.Target):
-    # DESIGN.md §5: relax.pipeline.dataflow_lower_passes fails in 0.27; the backend modules work.
+    # docs/architecture.md §6: relax.pipeline.dataflow_lower_passes fails in 0.27; the
+    # backend modules work.
     kind = target.kind.name
     if kind == "cuda":
         from tvm.relax.backend.cuda import pipeline

@@ -3,7 +3,8 @@
 Relax's memory planner sees only the buffers passed to a PrimFunc. A fused PrimFunc that keeps
 full-size intermediates (FuseTIR on CPU, where nothing inlines them) allocates them itself, at
 run time, through the device's workspace pool. Those bytes are live only during the call, but
-they can dominate the peak (DESIGN.md §4), so the memory analysis adds them at the call.
+they can dominate the peak (docs/architecture.md §4), so the memory analysis adds them at the
+call.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Run a compiled model and measure what it really costs: peak activation memory and time.
 
-Memory is measured in a *fresh process* (DESIGN.md §4): the module is exported to a shared
-library, a worker process loads it and its inputs, and the growth of the worker's memory across
-one call is the call's activation memory (everything allocated during the call; inputs, created
-before it, are not included: compare with :class:`StaticAllocation.peak_bytes`).
+Memory is measured in a *fresh process* (docs/architecture.md §4): the module is exported to a
+shared library, a worker process loads it and its inputs, and the growth of the worker's memory
+across one call is the call's activation memory (everything allocated during the call; inputs,
+created before it, are not included: compare with :class:`StaticAllocation.peak_bytes`).
 
 * CPU: the worker resets its RSS high-water mark (``/proc/self/clear_refs``) right before the
   call and reads ``VmHWM`` after it.

@@ -34,7 +34,7 @@ class RegionReport:
 
 @dataclasses.dataclass(frozen=True)
 class PlanReport:
-    """The plan report of issue 5: per region its ops, axis, chunk count, memory before and
+    """The plan report: per region its ops, axis, chunk count, memory before and
     after and estimated cost; the totals; and the memory profile plot before/after."""
 
     function: str
