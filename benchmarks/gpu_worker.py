@@ -172,7 +172,6 @@ def compare(folder: str, model: dict, func_name: str, kind: str, repeats: int) -
         finite = all(bool(np.all(np.isfinite(a))) for a in outs)
         result[label] = {"max_abs_error": max(errors), "output_scale": scale, "finite": finite}
     # Time: interleaved rounds; in each, every build runs `number` calls after one untimed call.
-    number = 1
     dev.sync()
     t0 = time.perf_counter()
     funcs[ref_label](*args)
