@@ -181,9 +181,6 @@ class _Selector:
     def cost(self, steps) -> float:
         return sum(self.step_cost(s.candidate, s.chunk_len) for s in steps)
 
-    def fine_length(self, cand: ChunkCandidate) -> int:
-        return -(-cand.extent // min(cand.extent, self.max_chunks))
-
     def child_lengths(self, cand: ChunkCandidate) -> list[int]:
         """Chunk lengths a new region can be tried at: the finest, then 8 and 64 times fewer
         chunks (at least 2).
