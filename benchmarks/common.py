@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -147,6 +148,21 @@ def meta(script: str, opts, began: float, argv=None, **extra) -> dict:
         "seconds": round(time.time() - began, 1),
         **extra,
     }
+
+
+def revision() -> str:
+    """Today's date and the commit results are made with (rows of a ``--merge`` differ)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip()
+    except OSError:
+        commit = "?"
+    return f"{time.strftime('%Y-%m-%d')} {commit}".strip()
 
 
 def suffix(target: str) -> str:

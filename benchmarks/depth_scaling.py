@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import autochunk_tvm as ac  # noqa: E402
-from common import MIB, RESULTS, meta, write  # noqa: E402
+from common import MIB, RESULTS, meta, revision, write  # noqa: E402
 
 BUDGETS = (0.3, 0.2)
 TARGETS = ("llvm", "cuda")
@@ -84,7 +84,7 @@ def run(name: str, target: str) -> list[dict]:
             "regions": len(sel.plan.steps),
             "plans_estimated": sel.evaluated,
             "selection_seconds": round(sel.seconds, 1),
-            "run": _revision(),
+            "run": revision(),
         }
         if not sel.reached:
             row["floor_explained"] = str(ac.PlanReport.of(mod, sel).peak)
@@ -96,16 +96,6 @@ def run(name: str, target: str) -> list[dict]:
             flush=True,
         )
     return rows
-
-
-def _revision() -> str:
-    """Today's date and the commit the row was selected with (rows of a merge differ)."""
-    import subprocess
-
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return f"{time.strftime('%Y-%m-%d')} {head}".strip()
 
 
 def table(rows: list[dict]) -> list[str]:

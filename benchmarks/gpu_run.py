@@ -22,7 +22,6 @@ CPU instead, to try the whole path on a machine without a GPU (``gpu_worker.py r
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
@@ -38,8 +37,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import autochunk_tvm as ac  # noqa: E402
 import numpy as np  # noqa: E402
 from autochunk_tvm.analysis.planned import as_target  # noqa: E402
+from autochunk_tvm.pipeline import cuda_kernels_compile_at_build  # noqa: E402
 from autochunk_tvm.runtime import to_numpy  # noqa: E402
-from common import MIB, RESULTS, Subject  # noqa: E402
+from common import MIB, RESULTS, Subject, revision  # noqa: E402
 
 # GPU sizes: each unchunked peak is hundreds of MiB (the driver counts memory in 2 MiB pages),
 # weights stay small (they are compiled into the library, which must travel).
@@ -149,20 +149,6 @@ def prepare_model(name: str, folder: str, arch: str, budgets) -> dict:
     return part
 
 
-def _run_id() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(__file__),
-        ).stdout.strip()
-    except OSError:
-        commit = "?"
-    return f"{datetime.date.today().isoformat()} {commit}"
-
-
 def merge_manifest(folder: str, arch: str) -> dict:
     parts = []
     for path in sorted(glob.glob(os.path.join(folder, "parts", "*.json"))):
@@ -191,12 +177,6 @@ STUB(cuTensorMapEncodeTiled)
 """
 
 
-def _cuda_runtime_loaded() -> bool:
-    from tvm.base import _LOADED_LIBS
-
-    return "tvm_runtime_cuda" in _LOADED_LIBS
-
-
 def _reexec_with_driver_stub(folder: str) -> int:
     stub_dir = os.path.join(os.path.abspath(folder), "driver_stub")
     os.makedirs(stub_dir, exist_ok=True)
@@ -214,7 +194,7 @@ def _reexec_with_driver_stub(folder: str) -> int:
 
 
 def prepare(opts) -> int:
-    if opts.arch != "llvm" and not _cuda_runtime_loaded():
+    if opts.arch != "llvm" and not cuda_kernels_compile_at_build():
         if os.environ.get("AUTOCHUNK_DRIVER_STUB"):
             raise SystemExit("TVM's CUDA runtime does not load even with the stand-in driver")
         return _reexec_with_driver_stub(opts.folder)
@@ -222,7 +202,7 @@ def prepare(opts) -> int:
     for name in opts.only or list(MODELS):
         print(f"{name}:", flush=True)
         part = prepare_model(name, opts.folder, opts.arch, opts.budgets)
-        part["run"] = _run_id()
+        part["run"] = revision()
         part["machine"] = f"{platform.platform()}, {os.cpu_count()} cores"
         with open(os.path.join(opts.folder, "parts", f"{name}.json"), "w") as f:
             json.dump(part, f, indent=1)
