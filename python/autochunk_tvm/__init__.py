@@ -30,7 +30,14 @@ from .lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError, lower
 from .runtime import PeakMemory, measure_peak_memory, speed_ratio, time_callable
 from .pipeline import autochunk_pipeline, build
 from .search import ChunkAxis, ChunkCandidate, search_chunk_candidates
-from .selection import BudgetUnreachableError, CostModel, Selection, parse_budget, select_plan
+from .selection import (
+    BudgetUnreachableError,
+    CostModel,
+    OverBudgetWarning,
+    Selection,
+    parse_budget,
+    select_plan,
+)
 from .selection.report import PlanReport
 
 __version__ = "0.1.0"
@@ -57,6 +64,7 @@ __all__ = [
     "CostModel",
     "LoweringError",
     "MemoryProfile",
+    "OverBudgetWarning",
     "PeakMemory",
     "PlanReport",
     "Selection",

@@ -16,6 +16,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from . import console
 from .analysis.planned import as_target
 from .transform import AutoChunk
 
@@ -95,7 +96,8 @@ def build(
     tgt = as_target(target)
     # The target scope reaches the CUDA kernels' compiler, which reads the arch from it when it
     # runs at build time (where the CUDA driver is installed) and no GPU is there to ask.
-    with tgt:
+    # TVM's native warnings that a user cannot act on are held back (console.py).
+    with tgt, console.native_stderr_filtered():
         if budget is None:
             return relax.build(mod, target=tgt)
         pipeline = autochunk_pipeline(budget, tgt, **options)

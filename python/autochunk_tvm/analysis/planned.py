@@ -33,6 +33,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import GenericConst
 
+from .. import console
 from .memo import StructuralMemo
 from .memory import (
     Liveness,
@@ -335,6 +336,7 @@ class WorkspacePoolModel:
         return high
 
 
+@console.holds_back_native_noise
 def static_allocation(
     mod: tvm.IRModule,
     target: Any = "llvm",

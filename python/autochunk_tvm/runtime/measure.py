@@ -29,6 +29,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .. import console
+
 WORKER = "autochunk_tvm.runtime._peak_worker"
 
 
@@ -114,6 +116,7 @@ def _executable(mod_or_exec: Any, target: Any) -> Any:
     )
 
 
+@console.holds_back_native_noise
 def measure_peak_memory(
     mod_or_exec: Any,
     args: Sequence[Any],
@@ -160,7 +163,7 @@ def measure_peak_memory(
     ex = _executable(mod_or_exec, tgt)
     with tempfile.TemporaryDirectory(prefix="autochunk_measure_") as tmp:
         lib = os.path.join(tmp, "model.so")
-        ex.export_library(lib)
+        ex.export_library(lib)  # logs "Scope Saving" per constant: held back (console.py)
         paths = save_inputs(args, tmp, prefix="arg")
         env = dict(os.environ)
         # NOTE [glibc mmap threshold]: glibc raises its mmap threshold after large frees and then

@@ -6,7 +6,7 @@
 * :mod:`.select` - beam search with DP merging over the estimate-search-select loop.
 """
 
-from .budget import BudgetUnreachableError, parse_budget
+from .budget import BudgetUnreachableError, OverBudgetWarning, parse_budget
 from .cost import CostModel, ModelTotals, StepFeatures, step_features
 from .estimate import PlanEstimate, PlanEstimator
 from .select import Selection, select_plan
@@ -15,6 +15,7 @@ __all__ = [
     "BudgetUnreachableError",
     "CostModel",
     "ModelTotals",
+    "OverBudgetWarning",
     "PlanEstimate",
     "PlanEstimator",
     "Selection",

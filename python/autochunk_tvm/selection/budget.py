@@ -29,6 +29,26 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
+class OverBudgetWarning(UserWarning):
+    """The budget is unreachable and ``strict=False`` returns the smallest plan found.
+
+    A category of its own, so that a caller (the CLI's ``--allow-over-budget``) can say it in
+    its own words.
+
+    Attributes
+    ----------
+    smallest_peak
+        The peak (bytes) of the plan returned.
+    budget
+        The budget asked for, in bytes.
+    """
+
+    def __init__(self, message: str, smallest_peak: int, budget: int):
+        super().__init__(message)
+        self.smallest_peak = smallest_peak
+        self.budget = budget
+
+
 @tvm_ffi.register_error
 class BudgetUnreachableError(ValueError):
     """No chunk plan brings the peak under the budget.

@@ -41,6 +41,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from .. import console
 from ..analysis.memory import check_module, estimate_activation_memory
 from ..analysis.views import is_view
 from ..lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError
@@ -48,7 +49,7 @@ from ..lowering.plan import ordered_steps
 from ..search.candidate import ChunkCandidate
 from ..search.classes import ClassFinder, RegionClass
 from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
-from .budget import BudgetUnreachableError, parse_budget
+from .budget import BudgetUnreachableError, OverBudgetWarning, parse_budget
 from .cost import CostModel, ModelTotals, step_features
 from .estimate import PlanEstimate, PlanEstimator
 from .peak import account_for_peak
@@ -496,6 +497,7 @@ def check_settings(
         raise ValueError(f"headroom must be in [0, 1), got {headroom}")
 
 
+@console.holds_back_native_noise
 def select_plan(
     mod: tvm.IRModule,
     budget: int | float | str,
@@ -627,7 +629,7 @@ def select_plan(
     if strict:
         why = account_for_peak(est.func, floor_state.steps, floor_state.estimate)
         raise BudgetUnreachableError(f"{message}.\n{why}", floor, limit)
-    warnings.warn(message, stacklevel=2)
+    warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=2)
     return _selection(chosen, selector, limit, baseline, est, began, reached=False)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import tvm
 
+from .. import console
 from ..analysis.memory import check_module
 from ..lowering import lower_chunk_plan
 from ..selection import CostModel, Selection, select_plan
@@ -94,6 +95,7 @@ class _AutoChunk:
             bounds=bounds,
         )
 
+    @console.holds_back_native_noise
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         # 0. What is chunked, and for which build.
         check_module(mod, self.func_name, "AutoChunk")
