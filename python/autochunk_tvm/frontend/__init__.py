@@ -1,5 +1,19 @@
 """PyTorch -> Relax import (torch.export + TVM's ExportedProgram importer)."""
 
-from .torch_import import UnsupportedOperatorError, from_exported_program, from_torch
+from .torch_import import (
+    UnsupportedOperatorError,
+    decompositions_for,
+    from_exported_program,
+    from_torch,
+)
+from .unsupported import Decomposition, OpKind, UnsupportedOp
 
-__all__ = ["UnsupportedOperatorError", "from_exported_program", "from_torch"]
+__all__ = [
+    "Decomposition",
+    "OpKind",
+    "UnsupportedOp",
+    "UnsupportedOperatorError",
+    "decompositions_for",
+    "from_exported_program",
+    "from_torch",
+]

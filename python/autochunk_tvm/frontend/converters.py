@@ -8,7 +8,13 @@ entry says which gap it closes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -243,3 +249,92 @@ def keep_torch_dtype(convert: Callable[[Any], relax.Var], importer) -> Callable[
         return out
 
     return wrapped
+
+
+# ---- a user's converters file ---------------------------------------------------------------
+
+# The name a converters file must give its dict: the same as this module's own table.
+CONVERTERS_NAME = "CONVERTERS"
+
+CONVERTERS_FILE_FORMAT = (
+    "a Python file that defines CONVERTERS = {'op.overload': fn}, with "
+    "fn(node, importer) -> relax.Var, e.g. {'hypot.default': my_hypot}"
+)
+
+
+def load_converters(path: str | os.PathLike) -> dict[str, Converter]:
+    """The ``CONVERTERS`` dict of a user's Python file, checked, for ``custom_convert_map``.
+
+    The file is what the command line's ``--converters`` takes: Python source that defines
+    ``CONVERTERS = {"op.overload": fn}`` with converters ``fn(node, importer) -> relax.Var``,
+    keyed as :data:`CONVERTERS` here is (``"hypot.default"``; ``"aten.hypot.default"`` works too).
+
+    Parameters
+    ----------
+    path
+        The file; any name ending is accepted.
+
+    Returns
+    -------
+    dict[str, Converter]
+        The file's ``CONVERTERS``, as a new dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file does not compile, raises when run, or defines no ``CONVERTERS``; the message
+        says which, and where.
+    TypeError
+        Its ``CONVERTERS`` is not a dict of op names to callables; the message names the entry.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"converters file {path!r} {what}; give {CONVERTERS_FILE_FORMAT}")
+    # NOTE [converters module]: loaded under a name of its own (so two files never clash) and
+    # registered in sys.modules while it runs, as dataclasses and pickling in it expect.
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+    name = f"autochunk_tvm_user_converters_{digest}"
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except SyntaxError as err:
+        raise ValueError(
+            f"converters file {path!r} is not valid Python: {err.msg} at line {err.lineno}"
+        ) from err
+    except Exception as err:
+        lines = [f.lineno for f in traceback.extract_tb(err.__traceback__) if f.filename == path]
+        at = f" at line {lines[-1]}" if lines else ""
+        raise ValueError(
+            f"converters file {path!r} raised {type(err).__name__}{at} when run: {err}"
+        ) from err
+    finally:
+        sys.modules.pop(name, None)
+    table = getattr(module, CONVERTERS_NAME, None)
+    if table is None:
+        dicts = sorted(k for k, v in vars(module).items() if isinstance(v, dict) and k[0] != "_")
+        hint = f" (it defines {', '.join(dicts)}: name the table CONVERTERS)" if dicts else ""
+        raise ValueError(
+            f"converters file {path!r} defines no CONVERTERS{hint}; give {CONVERTERS_FILE_FORMAT}"
+        )
+    if not isinstance(table, Mapping):
+        raise TypeError(
+            f"CONVERTERS in {path!r} is a {type(table).__name__}, not a dict; give "
+            f"{CONVERTERS_FILE_FORMAT}"
+        )
+    for key, fn in table.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"CONVERTERS in {path!r} has the key {key!r}: keys are op names as strings, "
+                "'op.overload' (e.g. 'hypot.default')"
+            )
+        if not callable(fn):
+            raise TypeError(
+                f"CONVERTERS[{key!r}] in {path!r} is a {type(fn).__name__}, not a function "
+                "fn(node, importer) -> relax.Var"
+            )
+    return dict(table)

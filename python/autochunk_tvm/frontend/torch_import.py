@@ -2,34 +2,88 @@
 
 ``from_torch`` runs ``torch.export`` and then TVM's ExportedProgram importer, with the converters
 of :mod:`.converters` layered over the importer's own. Ops the importer cannot translate are
-reported up front, by ATen name, with what to do about them.
+reported up front, as the user's code calls them, with what to do about them
+(:mod:`.unsupported`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import tvm
 
+from .. import console
 from .converters import CONVERTERS, keep_torch_dtype
+from .sources import SourceRecorder
+from .unsupported import UnsupportedOperatorError, converter_key, find_unsupported
 
 logger = logging.getLogger("autochunk_tvm")
 
+__all__ = ["UnsupportedOperatorError", "decompositions_for", "from_exported_program", "from_torch"]
 
-class UnsupportedOperatorError(NotImplementedError):
-    """The exported program uses ATen ops that neither TVM's importer nor our converters know."""
 
-    def __init__(self, ops: Sequence[str]) -> None:
-        self.ops = sorted(set(ops))
-        super().__init__(
-            f"cannot import this model: no Relax converter for ATen op(s) {self.ops}. "
-            "Pass `custom_convert_map={'<op>.<overload>': fn}` to from_torch with a converter "
-            "fn(node, importer) -> relax.Var, rewrite that part of the model with supported ops, "
-            "or export with run_ep_decomposition=True so that composite ops are decomposed."
-        )
+def decompositions_for(names: Iterable[str]) -> dict[Any, Callable]:
+    """torch's decompositions of the named ops, for ``from_torch(..., decompose=names)``.
+
+    Parameters
+    ----------
+    names
+        Op names as the import error prints them: ``"aten.addmv.default"``; the namespace may
+        be left out (``"addmv.default"``), and so may the overload (``"aten.addmv"`` takes every
+        overload that torch has a decomposition for).
+
+    Returns
+    -------
+    dict
+        ``{OpOverload: decomposition}`` from ``torch._decomp.decomposition_table``.
+
+    Raises
+    ------
+    ValueError
+        A name that is no op, or an op torch has no decomposition for.
+    """
+    import torch
+    from torch._decomp import decomposition_table
+
+    table: dict[Any, Callable] = {}
+    for name in names:
+        parts = name.replace("::", ".").split(".")
+        namespace = parts.pop(0) if len(parts) == 3 or parts[0] in ("aten", "prims") else "aten"
+        if len(parts) not in (1, 2) or not all(parts):
+            raise ValueError(
+                f"cannot decompose {name!r}: give an op as the import error names it, "
+                "namespace.op.overload (e.g. aten.addmv.default)"
+            )
+        try:
+            packet = getattr(getattr(torch.ops, namespace), parts[0])
+        except (AttributeError, RuntimeError) as err:
+            raise ValueError(
+                f"cannot decompose {name!r}: torch has no op {namespace}.{parts[0]}; give an "
+                "op as the import error names it (e.g. aten.addmv.default)"
+            ) from err
+        overloads = parts[1:] or packet.overloads()
+        unknown = [o for o in overloads if o not in packet.overloads()]
+        if unknown:
+            raise ValueError(
+                f"cannot decompose {name!r}: {namespace}.{parts[0]} has no overload "
+                f"{unknown[0]!r}; it has {', '.join(packet.overloads())}"
+            )
+        found = {
+            op: decomposition_table[op]
+            for op in (getattr(packet, o) for o in overloads)
+            if op in decomposition_table
+        }
+        if not found:
+            raise ValueError(
+                f"cannot decompose {name!r}: torch has no decomposition for it (none in "
+                "torch._decomp.decomposition_table); give it a converter instead: "
+                "--converters FILE on the command line, custom_convert_map= from Python"
+            )
+        table.update(found)
+    return table
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -71,47 +125,56 @@ def _as_exported_program(model: Any, example_args: Sequence[Any] | None, dynamic
     )
 
 
-def _unsupported_ops(ep, convert_map: Mapping[str, Any]) -> list[str]:
-    return [
-        node.target.__name__
-        for node in ep.graph.nodes
-        if node.op == "call_function" and node.target.__name__ not in convert_map
-    ]
-
-
 def from_exported_program(
     ep,
     *,
     keep_params_as_input: bool = False,
     run_ep_decomposition: bool = True,
     custom_convert_map: Mapping[str, Any] | None = None,
+    decompose: Sequence[str] = (),
 ) -> tvm.IRModule:
     """Translate a ``torch.export.ExportedProgram`` to Relax with our converters applied.
 
     Parameters and errors are those of :func:`from_torch`.
     """
+    import torch
     from tvm.relax.frontend.torch import exported_program_translator as ept
 
+    extra = decompositions_for(decompose)
+    # NOTE [decomposition]: done here rather than inside TVM's wrapper so that the check for
+    # unsupported ops sees the same graph that the importer will translate.
+    table: Any = None
     if run_ep_decomposition:
-        # NOTE [decomposition]: done here rather than inside TVM's wrapper so that the check for
-        # unsupported ops sees the same graph that the importer will translate.
-        ep = ep.run_decompositions()
-    convert_map = {**CONVERTERS, **(custom_convert_map or {})}
+        table = torch.export.default_decompositions()
+        for op, fn in extra.items():
+            table[op] = fn
+    elif extra:
+        table = extra
+    if table is not None:
+        with console.torch_warnings_filtered():  # torch's own deprecated pytree path
+            ep = ep.run_decompositions(table)
+    custom = {converter_key(name): fn for name, fn in (custom_convert_map or {}).items()}
+    convert_map = {**CONVERTERS, **custom}
     importer = ept.ExportedProgramImporter()
+    # NOTE [binding sources]: every converter is wrapped to note which torch call and module
+    # each binding comes from; the importer keeps neither (analysis/sources.py).
+    recorder = SourceRecorder()
     importer.convert_map = {
-        name: keep_torch_dtype(fn, importer) for name, fn in importer.convert_map.items()
+        name: recorder.wrap(keep_torch_dtype(fn, importer))
+        for name, fn in importer.convert_map.items()
     }
     known = {**importer.convert_map, **convert_map}
-    missing = _unsupported_ops(ep, known)
+    missing = find_unsupported(ep.graph, known, custom, table if table is not None else {})
     if missing:
         raise UnsupportedOperatorError(missing)
-    return importer.from_exported_program(
+    mod = importer.from_exported_program(
         ep,
         keep_params_as_input,
         False,  # unwrap_unit_return_tuple
         False,  # no_bind_return_tuple
-        convert_map,
+        {name: recorder.wrap(fn) for name, fn in convert_map.items()},
     )
+    return recorder.attach(mod)
 
 
 def from_torch(
@@ -122,6 +185,7 @@ def from_torch(
     keep_params_as_input: bool = False,
     run_ep_decomposition: bool = True,
     custom_convert_map: Mapping[str, Any] | None = None,
+    decompose: Sequence[str] = (),
 ) -> tvm.IRModule:
     """Import a PyTorch model as a Relax IRModule whose ``main`` computes ``model(*example_args)``.
 
@@ -143,7 +207,11 @@ def from_torch(
         scaled-dot-product attention as one Relax op (``R.nn.attention``).
     custom_convert_map
         Extra converters ``{"op.overload": fn(node, importer) -> relax.Var}``, taking precedence
-        over ours and TVM's.
+        over ours and TVM's. A key may carry the namespace (``"aten.hypot.default"``).
+    decompose
+        Ops to decompose with torch's decomposition before the import, named as the
+        :class:`UnsupportedOperatorError` message names them (``"aten.addmv.default"``); for
+        ops the importer lacks whose decomposition it can translate (the message says which).
 
     Returns
     -------
@@ -155,9 +223,11 @@ def from_torch(
     TypeError
         ``model`` is none of the accepted kinds, or a module came without ``example_args``.
     FileNotFoundError, ValueError
-        A path that does not exist or is not a saved ExportedProgram.
+        A path that does not exist or is not a saved ExportedProgram; a ``decompose`` name
+        that is no op or has no decomposition.
     UnsupportedOperatorError
-        The program uses ATen ops with no converter; the error names them.
+        The program uses ops with no converter; the error names them as the model calls them,
+        where, and what to do (its ``missing`` has one record per op).
 
     Examples
     --------
@@ -169,10 +239,12 @@ def from_torch(
     """
     if isinstance(model, tvm.IRModule):
         return model
+    decompositions_for(decompose)  # a bad name fails now, not after torch.export
     ep = _as_exported_program(model, example_args, dynamic_shapes)
     return from_exported_program(
         ep,
         keep_params_as_input=keep_params_as_input,
         run_ep_decomposition=run_ep_decomposition,
         custom_convert_map=custom_convert_map,
+        decompose=decompose,
     )
