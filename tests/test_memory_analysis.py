@@ -1,5 +1,7 @@
 """Exact results of the activation-memory analysis on hand-computed graphs."""
 
+import re
+
 import numpy as np
 import pytest
 from tvm import relax
@@ -8,7 +10,10 @@ from tvm.script import relax as R
 from tvm.script import tirx as T
 
 import autochunk_tvm as ac
+from autochunk_tvm.analysis import format_bytes
+from autochunk_tvm.analysis.plot import module_segment, per_operator
 from autochunk_tvm.analysis.sizes import dtype_bytes
+from autochunk_tvm.analysis.sources import TorchSource, add_sources, merge_layers, sources_table
 
 
 @I.ir_module
@@ -181,10 +186,110 @@ def test_bad_inputs_say_what_to_do():
 def test_profile_summary_and_plot(tmp_path):
     p = ac.estimate_activation_memory(Chain)
     text = p.summary()
-    assert "peak 896 B at a" in text
+    # no recorded source (a TVMScript module): the peak is named by its op, and by its variable
+    assert "peak 896 B at matmul (binding 1 'a' of 7)" in text
     out = p.plot(str(tmp_path / "profile.png"), compare=ac.estimate_activation_memory(Residual))
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# -- labels in the model's terms ------------------------------------------------------------
+LV_NAME = re.compile(r"\blv\d+\b")
+
+
+def _figure_texts(fig) -> list[str]:
+    """Every piece of text a figure shows: titles, axis labels, ticks, legends, notes."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt():
+    model, args = ac.models.gpt("tiny")
+    return ac.from_torch(model, args)
+
+
+def test_imported_bindings_are_labelled_with_torch_op_and_module(tiny_gpt):
+    p = ac.estimate_activation_memory(tiny_gpt)
+    labels = [b.label for b in p.bindings]
+    assert not [label for label in labels if LV_NAME.search(label)]
+    by_op = {b.op: b for b in p.bindings}
+    softmax = by_op["relax.nn.softmax"]
+    assert softmax.source.op == "softmax" and softmax.source.module == "blocks.1.attn"
+    assert softmax.source.module_type == "CausalSelfAttention"
+    assert softmax.label == "softmax in blocks.1.attn"
+    # every layer's own ops, by the call the user wrote and the module that made it
+    for layer in (0, 1):
+        for label in (
+            f"softmax in blocks.{layer}.attn",
+            f"linear in blocks.{layer}.mlp.fc",
+            f"layer_norm in blocks.{layer}.ln_1",
+            f"gelu in blocks.{layer}.mlp",
+        ):
+            assert label in labels
+    # the output tuple has no torch call of its own: its op names it
+    assert p.bindings[-1].source is None and p.bindings[-1].label == "tuple"
+    assert LV_NAME.search(p.peak_binding) and " in blocks." in p.peak_label
+    assert p.peak_label in p.summary()
+
+
+def test_labels_fall_back_to_the_op_never_the_variable(tiny_gpt):
+    chain = ac.estimate_activation_memory(Chain)
+    assert [b.label for b in chain.bindings] == [
+        "astype", "matmul", "reshape", "exp", "split", "tuple_get_item", "add"
+    ]  # fmt: skip
+    # once legalized, a name no longer computes the op it was recorded for (FuseOps even
+    # reuses the names): the recorded source is not applied
+    legal = relax.transform.LegalizeOps()(tiny_gpt)
+    lowered = ac.estimate_activation_memory(legal)
+    assert all(b.source is None for b in lowered.bindings if b.op.startswith("call_tir"))
+    assert not [b.label for b in lowered.bindings if LV_NAME.search(b.label)]
+
+
+def test_sources_survive_a_saved_program_and_leave_the_input_alone(tiny_gpt, tmp_path):
+    import torch
+
+    model, args = ac.models.gpt("tiny")
+    path = tmp_path / "gpt.pt2"
+    torch.export.save(torch.export.export(model, args), str(path))
+    assert sources_table(ac.from_torch(str(path))) == sources_table(tiny_gpt)
+    table = sources_table(tiny_gpt)
+    extra = {"lv0": TorchSource("thing", "a.b", relax_op="relax.add")}
+    bigger = add_sources(tiny_gpt, "main", extra)
+    assert sources_table(bigger) == {**table, **extra}
+    assert sources_table(tiny_gpt) == table  # the caller's module is not changed
+    assert sources_table(tiny_gpt, "forward") == {}
+    with pytest.raises(ValueError, match="op name"):
+        TorchSource("")
+
+
+def test_relax_profile_figure_names_peaks_and_says_what_it_counts(tiny_gpt):
+    p = ac.estimate_activation_memory(tiny_gpt)
+    fig = p.figure(title="tiny GPT")
+    texts = _figure_texts(fig)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"live tensors: peak {format_bytes(p.peak_bytes)} at {p.peak_label}"]
+    assert any("before TVM's memory planning" in t for t in texts)
+    assert not [t for t in texts if LV_NAME.search(t)]
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert {"blocks.0", "blocks.1"} <= set(ticks)
+
+
+def test_merged_layer_labels_and_per_operator_bytes():
+    assert merge_layers(["x in blocks.0.attn"] * 2) == "x in blocks.0.attn"
+    layers = [f"matmul..add in h.{i}" for i in range(12)]
+    assert merge_layers(layers) == "matmul..add in h.{0..11}"
+    assert merge_layers(["a in h.0.attn", "a in h.2.attn", "a in h.5.attn"]) == (
+        "a in h.{0,2,5}.attn"
+    )
+    assert merge_layers(["a in h.0", "b in h.1"]) == "a in h.0; b in h.1"
+    # lowered bindings 0..5 belong to operators 0, 0, 1, 3, 3, 5 (2 and 4 have none of their
+    # own: they are computed with the next); past the end counts for the last operator
+    assert per_operator([1, 4, 2, 7, 3, 9], [0, 0, 1, 3, 3, 5], 5) == [4, 2, 7, 7, 9]
+    assert module_segment("blocks.3.attn.qkv") == "blocks.3" and module_segment("lm_head") == (
+        "lm_head"
+    )
 
 
 def test_profile_is_immutable():

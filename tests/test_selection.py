@@ -6,6 +6,7 @@ selection tests run on a 2-layer GPT whose attention scores dominate memory.
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -314,6 +315,60 @@ def test_report_names_regions_and_draws_the_profile(gpt, tmp_path):
     json.dumps(report.to_dict())
     assert report.plot(str(tmp_path / "plan.png")).endswith("plan.png")
     assert (tmp_path / "plan.png").stat().st_size > 0
+
+
+def test_plan_plot_draws_both_builds_the_budget_and_the_regions_in_model_terms(gpt):
+    """The plan plot is in the build's bytes (what the budget bounds), both curves on one axis
+    of the model's operators, its legend holds both peaks and the budget's value, and nothing
+    on it is a Relax variable name."""
+    from matplotlib.lines import Line2D
+    from matplotlib.text import Text
+
+    from autochunk_tvm.analysis import format_bytes
+
+    _, _, mod, est = gpt
+    sel = select_plan(mod, 0.5, "llvm", estimator=est)
+    report = ac.PlanReport.of(mod, sel)
+    lv_name = re.compile(r"\blv\d+\b")
+    assert not [label for label in report.labels if lv_name.search(label)]
+    assert len(report.labels) == len(flat_bindings(mod["main"]))
+    assert all(re.search(r" in blocks\.[01]\b", r.label) for r in report.regions)
+    # per operator of the model, the most each build holds; their peaks are the predictions
+    assert max(report.held_before) == report.unchunked_peak == sel.unchunked_peak
+    assert max(report.held_after) == report.estimated_peak == sel.estimate.peak
+    fig = report.figure()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    peak_at = report.labels[report.held_before.index(report.unchunked_peak)]
+    assert legend[0] == f"unchunked: peak {format_bytes(sel.unchunked_peak)} at {peak_at}"
+    assert legend[1].startswith(f"AutoChunk: peak {format_bytes(sel.estimate.peak)} at ")
+    assert legend[2] == f"budget {format_bytes(sel.budget)} (50% of unchunked)"
+    assert any(t.startswith("chunked: ") and " in blocks." in t for t in legend[3:])
+    assert legend[2] in str(report) and report.memory_line() in str(report)
+    # the two curves and the budget line, in the unit of the y axis
+    ax = fig.axes[0]
+    unit = ax.get_ylabel().split("(")[-1].rstrip(")")
+    scale = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+    curves = {line.get_label(): line for line in ax.get_lines()}
+    before, after = curves[legend[0]], curves[legend[1]]
+    assert max(before.get_ydata()) * scale == pytest.approx(sel.unchunked_peak)
+    assert max(after.get_ydata()) * scale == pytest.approx(sel.estimate.peak)
+    assert len(before.get_xdata()) == len(after.get_xdata()) == len(report.labels)
+    budget = curves[legend[2]]
+    assert isinstance(budget, Line2D) and budget.get_ydata()[0] * scale == pytest.approx(sel.budget)
+    texts = [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+    assert any("the quantity the budget bounds" in t for t in texts)
+    assert not [t for t in texts if lv_name.search(t)]
+
+
+def test_a_chunked_module_labels_its_composites_in_model_terms(gpt):
+    _, _, mod, est = gpt
+    sel = select_plan(mod, 0.5, "llvm", estimator=est)
+    chunked = ac.lower_chunk_plan(mod, sel.plan, "llvm")
+    profile = ac.estimate_activation_memory(chunked)
+    composites = [b for b in profile.bindings if b.op.startswith("call_tir:chunked")]
+    assert len(composites) == len(sel.plan.steps)
+    assert all(b.label.startswith("chunked ") and " in blocks." in b.label for b in composites)
+    assert not [b.label for b in profile.bindings if re.search(r"\blv\d+\b", b.label)]
 
 
 # -- the pass, the pipeline and the build ----------------------------------------------------

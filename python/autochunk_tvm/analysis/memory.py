@@ -32,6 +32,7 @@ import tvm
 from tvm import relax, tirx
 
 from .sizes import SizeExpr, evaluate, is_zero, type_bytes
+from .sources import TorchSource, binding_sources, op_label, sources_table
 from .tir_workspace import workspace_bytes
 from .views import VIEW_OPS
 
@@ -79,6 +80,9 @@ class BindingMemory:
     own_bytes_expr
         ``own_bytes`` as an expression of the function's shape variables (``str`` of a
         PrimExpr), equal to ``str(own_bytes)`` when shapes are static.
+    source
+        The torch call and module the binding was imported from, when the importer recorded
+        it (:mod:`~autochunk_tvm.analysis.sources`); ``None`` otherwise.
     """
 
     index: int
@@ -90,10 +94,17 @@ class BindingMemory:
     live_after_bytes: int
     live_tensors: tuple[str, ...]
     own_bytes_expr: str
+    source: TorchSource | None = None
 
     def __post_init__(self) -> None:
         if min(self.own_bytes, self.workspace_bytes, self.live_bytes, self.live_after_bytes) < 0:
             raise ValueError(f"negative byte count in {self}")
+
+    @property
+    def label(self) -> str:
+        """What the binding computes in the user's terms: ``softmax in blocks.0.attn`` from
+        its source, else the op (``softmax``); never the variable name."""
+        return self.source.label if self.source is not None else op_label(self.op)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +152,11 @@ class MemoryProfile:
         """``live_bytes`` of every binding, in program order."""
         return [b.live_bytes for b in self.bindings]
 
+    @property
+    def peak_label(self) -> str:
+        """:attr:`BindingMemory.label` of the peak binding (empty without bindings)."""
+        return self.bindings[self.peak_index].label if self.peak_index >= 0 else ""
+
     def binding(self, name: str) -> BindingMemory:
         """The record of the binding that defines variable ``name``."""
         for rec in self.bindings:
@@ -149,25 +165,41 @@ class MemoryProfile:
         raise KeyError(f"no binding named {name!r} in {self.function}")
 
     def summary(self, top: int = 10) -> str:
-        """A human-readable table: totals, then the ``top`` bindings by live bytes."""
+        """A human-readable table: totals, then the ``top`` bindings by live bytes, each with
+        what it computes in the model's terms (:attr:`BindingMemory.label`)."""
         lines = [
-            f"activation memory of {self.function}: peak {format_bytes(self.peak_bytes)} at "
-            f"{self.peak_binding} (binding {self.peak_index} of {len(self.bindings)})",
+            f"activation memory of {self.function} (live tensors of the Relax graph, before "
+            f"TVM's memory planning): peak {format_bytes(self.peak_bytes)} at "
+            f"{self.peak_label or self.peak_binding} (binding {self.peak_index} "
+            f"{self.peak_binding!r} of {len(self.bindings)})",
             f"  inputs {format_bytes(self.input_bytes)}, outputs "
             f"{format_bytes(self.output_bytes)}, max TIR workspace "
             f"{format_bytes(self.workspace_bytes)}, weights {format_bytes(self.weight_bytes)}",
         ]
         ranked = sorted(self.bindings, key=lambda b: (-b.live_bytes, b.index))[:top]
-        lines.append(f"  {'#':>5} {'binding':<24} {'op':<36} {'own':>11} {'live':>11}")
+        lines.append(f"  {'#':>5} {'binding':<12} {'what':<34} {'op':<24} {'own':>11} {'live':>11}")
         for b in ranked:
             lines.append(
-                f"  {b.index:>5} {b.name[:24]:<24} {b.op[:36]:<36} "
+                f"  {b.index:>5} {b.name[:12]:<12} {b.label[:34]:<34} {b.op[:24]:<24} "
                 f"{format_bytes(b.own_bytes):>11} {format_bytes(b.live_bytes):>11}"
             )
         return "\n".join(lines)
 
+    def figure(self, *, title: str | None = None, compare: MemoryProfile | None = None):
+        """The plot of :meth:`plot` as a ``matplotlib.figure.Figure``, not saved (for a
+        notebook, or to inspect). Parameters are those of :meth:`plot`."""
+        from .plot import profiles_figure
+
+        return profiles_figure([self] + ([compare] if compare is not None else []), title)
+
     def plot(self, path: str, *, title: str | None = None, compare: MemoryProfile | None = None):
         """Draw live bytes per operator (the paper's Figure 4) with the peak marked; write a PNG.
+
+        The peaks are labelled with what they compute in the model's terms
+        (:attr:`BindingMemory.label`), and the figure says what it counts: live tensors of the
+        Relax graph, before TVM's memory planning, so not the bytes a build allocates (the
+        quantity a budget bounds; :meth:`PlanReport.plot
+        <autochunk_tvm.PlanReport.plot>` draws those).
 
         Parameters
         ----------
@@ -177,10 +209,15 @@ class MemoryProfile:
             Plot title; defaults to the function name and peak.
         compare
             Another profile (e.g. after chunking) drawn on the same axes.
-        """
-        from .plot import plot_profiles
 
-        return plot_profiles([self] + ([compare] if compare is not None else []), path, title)
+        Returns
+        -------
+        str
+            ``path``.
+        """
+        from .plot import save_figure
+
+        return save_figure(self.figure(title=title, compare=compare), path)
 
 
 def format_bytes(n: int) -> str:
@@ -204,7 +241,9 @@ class Storage:
     end: int = -1
 
 
-def _op_name(value: relax.Expr) -> str:
+def binding_op(value: relax.Expr) -> str:
+    """What a bound value computes, as :attr:`BindingMemory.op` names it: ``relax.matmul``,
+    ``call_tir:fused_matmul_add``, ``tuple``, ``alias``."""
     if isinstance(value, relax.Call):
         op = value.op
         if isinstance(op, tvm.ir.Op):
@@ -497,7 +536,7 @@ class _LivenessVisitor:
         return self.field_of(value.tuple_value, value.index)
 
     def visit_call(self, var: relax.Var, value: relax.Call) -> Backing:
-        op = _op_name(value)
+        op = binding_op(value)
         if op == "relax.memory.alloc_tensor":
             return self.backing_of(value.args[0])  # a tensor placed in a planned storage
         if op in VIEW_OPS:
@@ -590,7 +629,7 @@ def analyse_liveness(
     uses: list[set[int]] = []
     for index, binding in enumerate(bindings):
         value = binding.value
-        ops.append(_op_name(value))
+        ops.append(binding_op(value))
         _constants(value, constants)
         uses.append(
             {s for v in relax.analysis.free_vars(value) for s in visitor.backing.get(v, ())}
@@ -691,12 +730,18 @@ def estimate_activation_memory(
     True
     """
     mod, func, name = _resolve(mod_or_func, func_name)
-    return profile_from_liveness(name, analyse_liveness(mod, func, bounds, workspace))
+    live_info = analyse_liveness(mod, func, bounds, workspace)
+    table = sources_table(mod, name) if mod is not None else {}
+    return profile_from_liveness(name, live_info, table)
 
 
-def profile_from_liveness(name: str, live_info: Liveness) -> MemoryProfile:
-    """The :class:`MemoryProfile` of function ``name`` from its already computed liveness."""
+def profile_from_liveness(
+    name: str, live_info: Liveness, sources: Mapping[str, TorchSource] | None = None
+) -> MemoryProfile:
+    """The :class:`MemoryProfile` of function ``name`` from its already computed liveness;
+    ``sources`` is the function's table of recorded sources, if any (analysis/sources.py)."""
     bindings, storages, sizes = live_info.bindings, live_info.storages, live_info.sizes
+    found = binding_sources(bindings, live_info.ops, sources or {})
     # Sweep in program order with start/end events: O(bindings + storages + output size).
     starts: dict[int, list[int]] = {}
     ends: dict[int, list[int]] = {}
@@ -729,6 +774,7 @@ def profile_from_liveness(name: str, live_info: Liveness) -> MemoryProfile:
                 live_after_bytes=active_bytes,
                 live_tensors=live_tensors,
                 own_bytes_expr=str(own_size),
+                source=found[index],
             )
         )
 

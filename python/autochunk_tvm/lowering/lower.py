@@ -20,8 +20,17 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from .. import console
 from ..analysis.memo import StructuralMemo
+from ..analysis.memory import binding_op
 from ..analysis.planned import as_target
+from ..analysis.sources import (
+    TorchSource,
+    add_sources,
+    binding_sources,
+    region_source,
+    sources_table,
+)
 from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
 from ..search.flow import flat_bindings, trace_region
 from ..search.rewrite import substitute
@@ -132,6 +141,7 @@ def _flow(cand: ChunkCandidate):
     return (cand.bindings, tuple(sorted(cand.inputs)), tuple(sorted(cand.outputs)), cand.extent)
 
 
+@console.holds_back_native_noise
 def lower_chunk_plan(
     mod: tvm.IRModule,
     plan: ChunkPlan,
@@ -182,7 +192,54 @@ def lower_chunk_plan(
     out = tvm.IRModule(functions, attrs=base.attrs)
     for name, func in rewritten.items():
         out[name] = func
-    return relax.transform.Normalize()(out)
+    out = relax.transform.Normalize()(out)
+    if legalized is None:  # a module users see (the estimator's are read by position)
+        for name, steps in by_function.items():
+            out = _label_composites(mod, out, name, steps)
+    return out
+
+
+def _label_composites(
+    mod: tvm.IRModule, out: tvm.IRModule, name: str, steps: list[ChunkStep]
+) -> tvm.IRModule:
+    """``out`` with a recorded source for each composite call of function ``name``
+    (``chunked matmul..add in blocks.0``), when ``mod`` has a table of sources
+    (analysis/sources.py, NOTE [sources by name]); ``out`` itself otherwise.
+
+    A call is matched to its step through the bindings that read its results: they bind the
+    region's output variables.
+    """
+    table = sources_table(mod, name)
+    if not table:
+        return out
+    bindings = flat_bindings(mod[name])
+    sources = binding_sources(bindings, [binding_op(b.value) for b in bindings], table)
+    by_output: dict[str, TorchSource] = {}
+    for step in steps:
+        cand = step.candidate
+        span = slice(cand.start, cand.end + 1)
+        found = region_source(bindings[span], sources[span])
+        if found is not None:
+            for output, _ in cand.outputs:
+                by_output[output] = dataclasses.replace(found, op=f"chunked {found.op}")
+    added: dict[str, TorchSource] = {}
+    composite = tvm.ir.Op.get("relax.call_tir")
+    chunked = flat_bindings(out[name])
+    for k, binding in enumerate(chunked):
+        value = binding.value
+        if not (isinstance(value, relax.Call) and value.op.same_as(composite)):
+            continue
+        callee = out[value.args[0]] if value.args[0] in out.functions else None
+        if callee is None or callee.attrs is None or COMPOSITE_ATTR not in callee.attrs:
+            continue
+        for after in chunked[k + 1 :]:
+            reads = any(v.same_as(binding.var) for v in relax.analysis.free_vars(after.value))
+            if reads and after.var.name in by_output:
+                added[binding.var.name] = dataclasses.replace(
+                    by_output[after.var.name], relax_op=binding_op(value)
+                )
+                break
+    return add_sources(out, name, added) if added else out
 
 
 def _global_var(composite: tvm.tirx.PrimFunc, name: str, taken: set, cache: LoweringCache | None):
