@@ -2,8 +2,11 @@
 codes and messages of its error paths. Sizes are the smallest at which half the unchunked
 peak is reachable (a one-block GPT at sequence 512)."""
 
+import json
 import os
+import re
 import sys
+import warnings
 
 import autochunk_tvm as ac
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 import torch
 import tvm
 from autochunk_tvm import cli
+from autochunk_tvm.analysis import format_bytes
 from autochunk_tvm.runtime.measure import cuda_available, to_numpy
 from tvm import relax
 
@@ -39,7 +43,12 @@ def test_demo_compares_unchunked_and_chunked_builds(tmp_path, capsys):
     for step in ("[1/8] importing gpt", "[3/8] selecting a chunk plan", "[8/8] timing"):
         assert step in captured.err
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "profile_plan.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "profile_relax.png").read_bytes()[:4] == b"\x89PNG"
+    # the main plot is the build's bytes: the line naming it has the numbers printed below it
+    estimated = re.search(r"memory \(one call, llvm\): estimated (.+) -> (.+)", out)
+    unchunked, chunked = estimated.group(1), estimated.group(2).strip()
+    assert f"{plot} (predicted build footprint: {unchunked} unchunked -> {chunked} chunked" in out
+    assert "budget" in out and "(50% of unchunked) met" in out
 
 
 def test_demo_fails_when_outputs_differ_beyond_the_dtype_tolerance(monkeypatch, tmp_path, capsys):
@@ -101,14 +110,38 @@ def test_a_cuda_library_compiled_without_the_driver_says_it_holds_kernel_source(
         assert "C++ runner cannot load it" in err and "CUDA driver is installed" in err
 
 
-def test_plan_writes_the_report_and_plots_without_building(program, tmp_path, capsys):
+def test_plan_writes_the_report_and_plots_without_building(program, tmp_path, capsys, monkeypatch):
     path, _ = program
+    drawn = []
+    figure = ac.PlanReport.figure
+    monkeypatch.setattr(
+        ac.PlanReport,
+        "figure",
+        lambda self, *a, **k: drawn.append(figure(self, *a, **k)) or drawn[-1],
+    )
     assert cli.main(["plan", path, "--budget", "50%", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "AutoChunk plan for main (llvm)" in out and "budget" in out and "met" in out
     for name in ("gpt_profile.png", "gpt_plan.png", "gpt_plan.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob("*.so"))
+    # the plan plot has both builds and the budget's value; the line naming it says the same
+    with open(tmp_path / "gpt_plan.json") as f:
+        report = json.load(f)
+    before, after, budget = (
+        format_bytes(report[k]) for k in ("unchunked_peak", "estimated_peak", "budget")
+    )
+    (fig,) = drawn
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0].startswith(f"unchunked: peak {before} at ")
+    assert legend[1].startswith(f"AutoChunk: peak {after} at ")
+    assert legend[2] == f"budget {budget} (50% of unchunked)"
+    assert any(t.startswith("chunked: ") and " in blocks.0" in t for t in legend)
+    assert (
+        f"wrote {tmp_path / 'gpt_plan.png'}: predicted build footprint, {before} unchunked -> "
+        f"{after} chunked" in out
+    )
+    assert f"{legend[2]} met" in out and "Relax-level profile" in out
 
 
 def test_unreachable_budget_exits_3_with_the_reachable_minimum(program, capsys):
@@ -121,10 +154,14 @@ def test_unreachable_budget_exits_3_with_the_reachable_minimum(program, capsys):
 def test_allow_over_budget_plans_the_smallest_peak_found(program, tmp_path, capsys):
     path, _ = program
     args = ["plan", path, "--budget", "1KiB", "--allow-over-budget", "--out-dir", str(tmp_path)]
-    with pytest.warns(UserWarning, match="smallest"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said in the CLI's words, not as a Python warning
         assert cli.main(args) == 0
-    out = capsys.readouterr().out
-    assert "NOT met" in out and "region(s) chunked" in out
+    captured = capsys.readouterr()
+    assert "NOT met" in captured.out and "region(s) chunked" in captured.out
+    (note,) = [ln for ln in captured.err.splitlines() if ln.startswith("autochunk-tvm: warning")]
+    assert "budget 1KiB (1.00 KiB) is unreachable; --allow-over-budget: using the smallest" in note
+    assert "strict=False" not in captured.err
 
 
 def test_bad_paths_and_files_exit_2_saying_what_to_give(tmp_path, capsys):
@@ -136,6 +173,113 @@ def test_bad_paths_and_files_exit_2_saying_what_to_give(tmp_path, capsys):
     assert "not a torch.export program" in capsys.readouterr().err
     assert cli.main(["compile", str(tmp_path), "--quiet"]) == 2  # once exit 1
     assert "is a directory" in capsys.readouterr().err
+
+
+class Hypot(torch.nn.Module):
+    """A linear layer and torch.hypot: an op the importer lacks, and torch's decomposition of
+    it leaves prims.hypot, so only a converter helps."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.hypot(self.proj(x), x)
+
+
+# A converters file as a user writes it, for the Hypot model.
+HYPOT_CONVERTERS = """
+from tvm import relax
+
+
+def hypot(node, importer):
+    emit = importer.block_builder.emit
+    a, b = (importer.env[arg] for arg in node.args)
+    return emit(relax.op.sqrt(emit(relax.op.add(emit(a * a), emit(b * b)))))
+
+
+CONVERTERS = {"hypot.default": hypot}
+"""
+
+
+@pytest.fixture(scope="module")
+def hypot_program(tmp_path_factory):
+    """A saved program that the importer cannot import without a converter, and its inputs."""
+    torch.manual_seed(0)
+    model, x = Hypot().eval(), torch.randn(4, 8)
+    path = tmp_path_factory.mktemp("pt2") / "hypot.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return str(path), x, expected
+
+
+def test_converters_file_makes_a_failing_import_plan_and_compile(hypot_program, tmp_path, capsys):
+    path, x, expected = hypot_program
+    plan = ["plan", path, "--budget", "1.0", "--out-dir", str(tmp_path), "--quiet"]
+    assert cli.main(plan) == 2
+    err = capsys.readouterr().err
+    assert "aten.hypot.default, called as torch.hypot" in err
+    assert "return torch.hypot(self.proj(x), x)" in err  # the line the user wrote
+    assert 'CONVERTERS = {"hypot.default": fn}' in err and "--converters FILE" in err
+
+    converters = tmp_path / "my_ops.py"
+    converters.write_text(HYPOT_CONVERTERS)
+    assert cli.main([*plan, "--converters", str(converters)]) == 0
+    assert "AutoChunk plan for main (llvm)" in capsys.readouterr().out
+    lib = tmp_path / "hypot.so"
+    args = ["compile", path, "--converters", str(converters), "-o", str(lib), "--quiet"]
+    assert cli.main(args) == 0
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy()))
+    got = got if isinstance(got, tvm.runtime.Tensor) else got[0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decompose_imports_an_op_torch_decomposes(tmp_path, capsys):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveMaxPool2d(2)).eval()
+    path = str(tmp_path / "pool.pt2")
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 6, 6),)), path)
+    compile_ = ["compile", path, "-o", str(tmp_path / "pool.so"), "--quiet"]
+    assert cli.main(compile_) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "add --decompose aten.adaptive_max_pool2d.default" in err
+    assert cli.main([*compile_, "--decompose", "aten.adaptive_max_pool2d.default"]) == 0
+    assert (tmp_path / "pool.so").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "source, says",
+    [
+        (None, "does not exist"),
+        (
+            "CONVERTERS = {'hypot.default': fn",
+            "is not valid Python: '{' was never closed at line 1",
+        ),
+        ("import math\nmath.sqrt(-1)", "raised ValueError at line 2 when run: math domain error"),
+        ("OPS = {'hypot.default': print}", "defines no CONVERTERS (it defines OPS: name the table"),
+        ("CONVERTERS = [print]", "CONVERTERS in"),
+        ("CONVERTERS = {'hypot.default': 'hypot'}", "is a str, not a function fn(node, importer)"),
+    ],
+)
+def test_bad_converters_files_exit_2_before_the_import(
+    hypot_program, tmp_path, capsys, source, says
+):
+    path, _, _ = hypot_program
+    converters = tmp_path / "my_ops.py"
+    if source is not None:
+        converters.write_text(source)
+    assert cli.main(["compile", path, "--converters", str(converters), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autochunk-tvm: error: --converters: ") and says in err
+
+
+def test_bad_decompose_exits_2_saying_what_to_do_instead(hypot_program, capsys):
+    path, _, _ = hypot_program
+    assert cli.main(["plan", path, "--budget", "1.0", "--decompose", "aten.cummax.default"]) == 2
+    err = capsys.readouterr().err
+    assert "--decompose: cannot decompose 'aten.cummax.default'" in err
+    assert "no decomposition" in err and "--converters FILE" in err
 
 
 def test_bench_finds_the_suite_of_the_checkout(capsys):

@@ -8,9 +8,15 @@
 Results go to standard output; progress (one line per step, with its time) to standard error,
 so --quiet or a redirect keeps the results alone; --verbose adds the passes' own log.
 
+When the import stops at an op the importer lacks, the error says where the model calls it
+and which of these `plan` and `compile` options helps: --converters FILE (a Python file that
+defines CONVERTERS = {'op.overload': fn}, from_torch's custom_convert_map) or --decompose OP
+(torch's decomposition of the op, where that leaves only ops the importer knows).
+
 Exit status: 0 done; 2 bad input (a path, a file that is not a torch.export program, a budget
-that does not parse, an op the importer lacks); 3 the budget is unreachable (the message gives
-the smallest reachable peak); 4 a CUDA device is needed and none is visible; 1 anything else.
+that does not parse, an op the importer lacks, a converters file that does not load); 3 the
+budget is unreachable (the message gives the smallest reachable peak); 4 a CUDA device is
+needed and none is visible; 1 anything else.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,9 +127,12 @@ def _need_device(target) -> None:
         )
 
 
-def _load_program(path: str):
-    """A Relax module from a saved torch.export program."""
-    from .frontend import UnsupportedOperatorError, from_torch
+def _load_program(path: str, converters: str | None = None, decompose: list[str] | None = None):
+    """A Relax module from a saved torch.export program, with the converters of a
+    ``--converters`` file and the ``--decompose`` ops; all three are checked before the
+    (slow) load."""
+    from .frontend import UnsupportedOperatorError, decompositions_for, from_torch
+    from .frontend.converters import load_converters
 
     if not os.path.isfile(path):
         what = f"{path!r} is a directory" if os.path.isdir(path) else f"no such file: {path!r}"
@@ -130,8 +140,18 @@ def _load_program(path: str):
             f"{what}; give the path of a .pt2 saved with "
             "torch.export.save(torch.export.export(model, args), path)"
         )
+    custom = None
+    if converters is not None:
+        try:
+            custom = load_converters(converters)
+        except (OSError, ValueError, TypeError) as err:
+            raise CliError(f"--converters: {err}") from err
     try:
-        return from_torch(path)
+        decompositions_for(decompose or ())
+    except ValueError as err:
+        raise CliError(f"--decompose: {err}") from err
+    try:
+        return from_torch(path, custom_convert_map=custom, decompose=decompose or ())
     except (ValueError, TypeError, UnsupportedOperatorError) as err:
         raise CliError(str(err)) from err
 
@@ -139,14 +159,29 @@ def _load_program(path: str):
 def _select(mod, target, args: argparse.Namespace):
     """``select_plan`` with the command line's budget and options; an unreachable budget
     becomes exit status 3 with the smallest reachable peak."""
-    from .selection import BudgetUnreachableError, select_plan
+    from .selection import BudgetUnreachableError, OverBudgetWarning, select_plan
 
     budget = args.budget
     options: dict[str, Any] = {"strict": not args.allow_over_budget}
     if args.max_chunks is not None:
         options["max_chunks"] = args.max_chunks
     try:
-        return select_plan(mod, _budget_value(budget), target, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OverBudgetWarning)
+            selection = select_plan(mod, _budget_value(budget), target, **options)
+        for w in caught:
+            if isinstance(w.message, OverBudgetWarning):
+                from .analysis import format_bytes
+
+                print(
+                    f"autochunk-tvm: warning: budget {budget} ({format_bytes(w.message.budget)}) "
+                    "is unreachable; --allow-over-budget: using the smallest plan found, "
+                    f"whose peak is {format_bytes(w.message.smallest_peak)}",
+                    file=sys.stderr,
+                )
+            else:  # not ours to judge: shown as Python would
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return selection
     except BudgetUnreachableError as err:
         from .analysis import format_bytes
 
@@ -246,12 +281,22 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"outputs: max abs difference chunked vs unchunked {err:.3g} (tolerance {tolerance:g})")
     with progress.step("plotting the memory profile"):
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)) or ".", exist_ok=True)
+        # NOTE [main plot]: --plot gets the build's bytes, unchunked and chunked, with the
+        # budget: the numbers printed below. The Relax-level profile (live tensors before
+        # memory planning, a different quantity) goes beside it and says so on itself.
+        name = f"{args.model} ({args.preset})"
+        path = report.plot(args.plot, title=f"{name}: memory of one call")
         after = ac.estimate_activation_memory(chunked_mod)
-        path = profile.plot(
-            args.plot, title=f"{args.model} ({args.preset}): live activation memory", compare=after
+        relax_path = profile.plot(
+            os.path.splitext(args.plot)[0] + "_relax.png",
+            title=f"{name}: live tensors of the Relax graph",
+            compare=after,
         )
-        plan_path = report.plot(os.path.splitext(args.plot)[0] + "_plan.png")
-    print(f"plots: {path} (Relax-level profile), {plan_path} (predicted build footprint)")
+    print(
+        f"plots: {path} (predicted build footprint: {report.memory_line()})\n"
+        f"       {relax_path} (Relax-level profile, live tensors before TVM's memory "
+        f"planning: peak {format_bytes(profile.peak_bytes)} -> {format_bytes(after.peak_bytes)})"
+    )
     lines = [
         (
             f"memory (one call, {target.kind.name}): estimated "
@@ -283,11 +328,12 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     import autochunk_tvm as ac
+    from autochunk_tvm.analysis import format_bytes
 
     target = _target(args.target)
     progress = Progress(3, args.quiet)
     with progress.step(f"importing {args.program}"):
-        mod = _load_program(args.program)
+        mod = _load_program(args.program, args.converters, args.decompose)
     with progress.step(
         f"selecting a chunk plan for a budget of {args.budget} on {target.kind.name}"
     ):
@@ -297,15 +343,31 @@ def _plan(args: argparse.Namespace) -> int:
     with progress.step(f"writing plots and the report to {args.out_dir}"):
         os.makedirs(args.out_dir, exist_ok=True)
         stem = os.path.join(args.out_dir, os.path.splitext(os.path.basename(args.program))[0])
+        name = os.path.basename(args.program)
+        # NOTE [main plot]: the plan plot draws the build's bytes, unchunked and chunked, with
+        # the budget: what the budget bounds and the report prints. The Relax-level profile
+        # (live tensors before memory planning) is the second plot and says so on itself.
+        plan_path = report.plot(f"{stem}_plan.png", title=f"{name}: memory of one call")
         profile = ac.estimate_activation_memory(mod)
-        paths = [
-            profile.plot(f"{stem}_profile.png", title=f"{args.program}: live activation memory"),
-            report.plot(f"{stem}_plan.png"),
-        ]
+        after = (
+            ac.estimate_activation_memory(_apply(mod, selection, target))
+            if selection.plan.steps
+            else None
+        )
+        profile_path = profile.plot(
+            f"{stem}_profile.png", title=f"{name}: live tensors of the Relax graph", compare=after
+        )
         with open(f"{stem}_plan.json", "w") as f:
             json.dump(report.to_dict(), f, indent=1)
-        paths.append(f"{stem}_plan.json")
-    print("wrote " + ", ".join(paths))
+    relax_peaks = format_bytes(profile.peak_bytes) + (
+        f" unchunked -> {format_bytes(after.peak_bytes)} chunked" if after is not None else ""
+    )
+    print(
+        f"wrote {plan_path}: predicted build footprint, {report.memory_line()}\n"
+        f"      {profile_path}: Relax-level profile (live tensors before TVM's memory "
+        f"planning), peak {relax_peaks}\n"
+        f"      {stem}_plan.json"
+    )
     return EXIT_OK
 
 
@@ -319,7 +381,7 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output or os.path.splitext(os.path.basename(args.program))[0] + ".so"
     progress = Progress(4 if args.budget else 3, args.quiet)
     with progress.step(f"importing {args.program}"):
-        mod = _load_program(args.program)
+        mod = _load_program(args.program, args.converters, args.decompose)
     selection = None
     if args.budget:
         with progress.step(
@@ -468,9 +530,28 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--top", type=int, default=8, help="bindings to list in the profile")
     demo.add_argument("--plot", default="out/memory_profile.png", help="PNG path")
 
+    # For ops the importer lacks; the import error says which of the two applies to each op.
+    importing = argparse.ArgumentParser(add_help=False)
+    importing.add_argument(
+        "--converters",
+        metavar="FILE",
+        default=None,
+        help="a Python file defining CONVERTERS = {'op.overload': fn}, fn(node, importer) -> "
+        "relax.Var, for ops the importer lacks (keys as the import error names them, e.g. "
+        "'hypot.default'; from_torch's custom_convert_map format)",
+    )
+    importing.add_argument(
+        "--decompose",
+        action="append",
+        metavar="OP",
+        default=None,
+        help="decompose OP (e.g. aten.addmv.default) with torch's decomposition before the "
+        "import, when the import error says that helps; repeatable",
+    )
+
     plan = sub.add_parser(
         "plan",
-        parents=[common, selecting],
+        parents=[common, selecting, importing],
         help="the chunk plan for a saved torch.export program, without building",
     )
     plan.add_argument("program", help="a .pt2 file written by torch.export.save")
@@ -478,7 +559,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--out-dir", default="out", help="where the plots and JSON go")
 
     comp = sub.add_parser(
-        "compile", parents=[common, selecting], help="compile a saved torch.export program to a .so"
+        "compile",
+        parents=[common, selecting, importing],
+        help="compile a saved torch.export program to a .so",
     )
     comp.add_argument("program", help="a .pt2 file written by torch.export.save")
     comp.add_argument("--budget", default=None, help="omit to compile without chunking")
@@ -506,6 +589,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(name)s: %(message)s",
     )
+    from . import console
+
+    # What TVM and torch print that a CLI user cannot act on is held back (console.py names
+    # each message and why); --verbose shows everything.
+    shown = console.show_everything(args.verbose)
+    try:
+        with console.native_stderr_filtered():
+            return _run(args)
+    finally:
+        console.show_everything(shown)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "budget", None) is not None:
             _budget_value(args.budget)  # a typo fails now, not after the import
