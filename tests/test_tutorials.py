@@ -1,6 +1,7 @@
 """Every tutorial notebook runs top to bottom (at small sizes) in a fresh interpreter, and
 every notebook is what its ``# %%`` script generates, so none can rot or drift."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,13 +22,43 @@ def test_there_are_five_tutorials_in_order():
     assert [s[:3] for s in SOURCES] == ["01_", "02_", "03_", "04_", "05_"]
 
 
-@pytest.mark.parametrize("name", SOURCES)
-def test_notebook_is_generated_from_its_script(name):
+def _committed(name: str) -> dict:
     with open(os.path.join(TUTORIALS, name[:-3] + ".ipynb")) as f:
-        committed = f.read()
-    assert committed == _notebook.notebook_text(os.path.join(TUTORIALS, name)), (
-        "run python tutorials/_notebook.py"
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_code_is_its_script(name):
+    assert _notebook.code_matches(_committed(name), os.path.join(TUTORIALS, name)), (
+        "run python tutorials/_notebook.py --execute"
     )
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_notebook_ships_with_the_outputs_of_one_run(name):
+    notebook = _committed(name)
+    assert _notebook.is_executed(notebook), "run python tutorials/_notebook.py --execute"
+    outputs = [o for c in notebook["cells"] for o in c.get("outputs", [])]
+    assert any(o["output_type"] == "stream" and o["name"] == "stdout" for o in outputs)
+    with open(os.path.join(TUTORIALS, name)) as f:
+        plots = ".plot(" in f.read()
+    shown = any("image/png" in o.get("data", {}) for o in outputs)
+    assert shown == plots, "every plot a tutorial draws is shown in its notebook"
+
+
+def test_outputs_are_kept_while_the_code_is_unchanged_and_dropped_when_it_changes(tmp_path):
+    source = tmp_path / "01_x.py"
+    source.write_text("# %% [markdown]\n# # T\n\n# %%\nprint(1)\n")
+    ran = _notebook.to_notebook(source.read_text())
+    ran["cells"][1].update(
+        execution_count=1, outputs=[{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]
+    )
+    ran["metadata"]["autochunk_tvm"] = {"executed": "2026-12-06"}
+    assert _notebook.code_matches(ran, str(source)) and _notebook.is_executed(ran)
+    source.write_text("# %% [markdown]\n# # T\n\n# %%\nprint(2)\n")
+    assert not _notebook.code_matches(ran, str(source))
+    ran["cells"][1]["outputs"].append({"output_type": "error", "ename": "E", "evalue": ""})
+    assert not _notebook.is_executed(ran)
 
 
 @pytest.mark.parametrize("name", SOURCES)
