@@ -1,4 +1,4 @@
-"""Chunk-search time on deep graphs (issue 3's speed target: a 48-block Evoformer stack in
+"""Chunk-search time on deep graphs (the target: a 48-block Evoformer stack searched in
 under 10 s on one CPU core).
 
     taskset -c 0 python benchmarks/search_time.py   # writes benchmarks/results/search_time.*
