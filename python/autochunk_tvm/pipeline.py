@@ -53,7 +53,7 @@ def autochunk_pipeline(budget: int | float | str, target: Any = None, **options:
         tgt = as_target(target) if target is not None else tvm.target.Target.current()
         if tgt is None:
             raise ValueError("the autochunk pipeline needs a target: relax.build(mod, target)")
-        with tgt:
+        with tgt, console.native_stderr_filtered():  # the target pipeline legalizes too
             return _target_pipeline(tgt)(chunk(mod))
 
     return _pipeline
