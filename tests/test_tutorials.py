@@ -15,7 +15,7 @@ import _notebook  # the generator beside the tutorials, not an installed module
 SOURCES = [os.path.basename(p) for p in _notebook.tutorial_sources()]
 # Sequence lengths that keep each run to well under a minute on CI's two cores (the deploying
 # tutorial also builds for CUDA and compiles the C++ runner).
-SEQ_LEN = {"04_deploying.py": "512"}
+SEQ_LEN = {"01_quickstart.py": "512", "04_deploying.py": "512"}
 
 
 def test_there_are_five_tutorials_in_order():
