@@ -74,6 +74,44 @@ def _cumsum(node, importer) -> relax.Var:
     return importer.block_builder.emit(relax.op.cumsum(x, dim, out_dtype))
 
 
+@register("slice.Tensor")
+def _slice(node, importer) -> relax.Var:
+    """``aten.slice`` at a symbolic position whose length torch proved in bounds keeps that
+    length.
+
+    NOTE [slices within a bound]: TVM's importer slices with ``assume_inbound=False``, so a
+    dynamic slice ``mask[:, :, :t]`` of a 1025-row buffer gets the length ``min(t, 1025)``.
+    Shape inference cannot prove that equal to ``t``, so the next broadcast (``where(mask,
+    -inf, scores)``) loses its shape (``ndim=4`` only): its memory is unknown and chunk flows
+    stop there. torch.export records the length it proved from the dims' ranges: when that is
+    ``end - start`` exactly (no clamping), the slice is in bounds and is emitted as such.
+    Static slices are left to the importer.
+    """
+    from torch.fx import Node
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    dim, start, end, step = (list(node.args[1:5]) + [None] * 4)[:4]
+    dim, start, step = dim or 0, start or 0, 1 if step is None else step
+    val = node.meta.get("val")
+    symbolic = isinstance(start, Node) or isinstance(end, Node)
+    if not symbolic or end is None or step != 1 or val is None:
+        return importer._slice(node)
+
+    def proved(a):
+        return a.meta.get("val") if isinstance(a, Node) else a
+
+    if not statically_known_true(val.shape[dim] == proved(end) - proved(start)):
+        return importer._slice(node)
+
+    def bound(a):
+        return importer.env[a] if isinstance(a, Node) else a
+
+    x = importer.env[node.args[0]]
+    return importer.block_builder.emit(
+        relax.op.strided_slice(x, [dim], [bound(start)], [bound(end)], [1], assume_inbound=True)
+    )
+
+
 @register("addmm.default")
 def _addmm(node, importer) -> relax.Var:
     """``beta * input + alpha * (mat1 @ mat2)`` in the dtype torch computes it in.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import tvm
+from tvm import relax
 
 from .. import console
 from .converters import CONVERTERS, keep_torch_dtype
@@ -241,10 +242,73 @@ def from_torch(
         return model
     decompositions_for(decompose)  # a bad name fails now, not after torch.export
     ep = _as_exported_program(model, example_args, dynamic_shapes)
-    return from_exported_program(
+    mod = from_exported_program(
         ep,
         keep_params_as_input=keep_params_as_input,
         run_ep_decomposition=run_ep_decomposition,
         custom_convert_map=custom_convert_map,
         decompose=decompose,
     )
+    if dynamic_shapes is not None and _is_torch_module(model):
+        mod = _name_dims(mod, _dim_names(ep, model, dynamic_shapes))
+    return mod
+
+
+def _dim_names(ep, model, dynamic_shapes) -> dict[str, str]:
+    """torch's name of each symbolic dim (``s75``) -> the name the user gave its ``Dim``
+    (``seq``), for the dims given directly on a tensor argument of ``forward``.
+
+    NOTE [dim names]: torch.export names its symbols afresh (``s75``) and keeps no trace of
+    the ``Dim`` names, so a ``.pt2`` loaded later has only torch's names. When the spec is at
+    hand, the user's names are restored: they are the names ``bounds=`` takes and messages
+    use.
+    """
+    import inspect
+
+    import torch
+
+    params = [
+        name
+        for name, p in inspect.signature(model.forward).parameters.items()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if isinstance(dynamic_shapes, Mapping):
+        specs = [dynamic_shapes.get(name) for name in params]
+    elif isinstance(dynamic_shapes, list | tuple):
+        specs = list(dynamic_shapes)
+    else:
+        return {}
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    inputs = [placeholders.get(name) for name in ep.graph_signature.user_inputs]
+    names: dict[str, str] = {}
+    for node, spec in zip(inputs, specs):
+        val = node.meta.get("val") if node is not None else None
+        if not isinstance(val, torch.Tensor):
+            continue
+        dims = spec.items() if isinstance(spec, Mapping) else enumerate(spec or ())
+        for axis, dim in dims:
+            size = val.shape[axis] if -val.dim() <= axis < val.dim() else None
+            expr = getattr(getattr(size, "node", None), "expr", None)
+            given = getattr(dim, "__name__", None)
+            if given and getattr(expr, "is_Symbol", False):
+                names.setdefault(str(expr), given)
+    return names
+
+
+def _name_dims(mod: tvm.IRModule, names: Mapping[str, str]) -> tvm.IRModule:
+    """``mod`` with the shape variables of ``main`` renamed (and its bound attributes)."""
+    func = mod["main"]
+    present = {v.name: v for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
+    names = {old: new for old, new in names.items() if old in present and old != new}
+    if not names or len(set(names.values())) < len(names):
+        return mod
+    renamed = func.bind_symbolic_vars(
+        {present[old]: tvm.tirx.Var(new, present[old].ty.dtype) for old, new in names.items()}
+    )
+    for key in ("tir_var_upper_bound", "tir_var_lower_bound"):
+        if func.attrs is not None and key in func.attrs:
+            bounds = {names.get(str(k), str(k)): v for k, v in func.attrs[key].items()}
+            renamed = renamed.with_attr(key, bounds)
+    out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    out["main"] = renamed
+    return out

@@ -2,9 +2,11 @@
 
 :mod:`.plan` holds the plan record, :mod:`.region` re-emits a region at chunk shape,
 :mod:`.stages` legalizes and schedules it as the target's build would, :mod:`.composite`
-composes the loop PrimFunc and :mod:`.lower` rewrites the Relax function around it.
+composes the loop PrimFunc and :mod:`.lower` rewrites the Relax function around it;
+:mod:`.bounds` states a symbolic function's bounds for the build and the runtime.
 """
 
+from .bounds import guard_bounds, with_bounds
 from .lower import COMPOSITE_ATTR, lower_chunk_plan, validate_plan
 from .plan import ChunkPlan, ChunkPlanError, ChunkStep
 from .region import LoweringError
@@ -15,6 +17,8 @@ __all__ = [
     "ChunkPlanError",
     "ChunkStep",
     "LoweringError",
+    "guard_bounds",
     "lower_chunk_plan",
     "validate_plan",
+    "with_bounds",
 ]

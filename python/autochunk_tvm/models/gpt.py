@@ -32,6 +32,13 @@ class GPTConfig:
     fused_attention
         Use ``F.scaled_dot_product_attention`` (exports as one attention op when the program is
         exported without decomposition) instead of the explicit softmax(QK^T)V.
+    mask_from_positions
+        Build each block's causal mask from the token positions, before the attention
+        scores, instead of slicing a ``seq_len x seq_len`` buffer after them: what an export
+        with a dynamic sequence length needs. torch.export refuses a slice of the buffer at a
+        length bounded by its size (it guards ``t != seq_len``), and a mask sliced inside the
+        attention stops its chunk flow (the slice is along the chunked axis), where a mask
+        made before it is an input the chunks read. ``seq_len`` is then the longest length.
     """
 
     n_embd: int = 768
@@ -42,6 +49,7 @@ class GPTConfig:
     vocab_size: int = 50257
     mlp_ratio: int = 4
     fused_attention: bool = False
+    mask_from_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -62,13 +70,18 @@ class CausalSelfAttention(nn.Module):
         self.fused = cfg.fused_attention
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        mask = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool))
-        self.register_buffer(
-            "causal_mask", mask.view(1, 1, cfg.seq_len, cfg.seq_len), persistent=False
-        )
+        self.mask_from_positions = cfg.mask_from_positions
+        if not self.mask_from_positions:
+            mask = torch.tril(torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool))
+            self.register_buffer(
+                "causal_mask", mask.view(1, 1, cfg.seq_len, cfg.seq_len), persistent=False
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
+        if self.mask_from_positions and not self.fused:
+            pos = torch.arange(t, device=x.device)
+            hidden = (pos[None, :] > pos[:, None]).view(1, 1, t, t)  # future positions
         q, k, v = self.qkv(x).split(c, dim=2)
         q = q.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
         k = k.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
@@ -77,7 +90,9 @@ class CausalSelfAttention(nn.Module):
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(~self.causal_mask[:, :, :t, :t], float("-inf"))
+            if not self.mask_from_positions:
+                hidden = ~self.causal_mask[:, :, :t, :t]
+            att = att.masked_fill(hidden, float("-inf"))
             y = att.softmax(dim=-1) @ v
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.proj(y)

@@ -35,7 +35,7 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tvm
@@ -53,6 +53,7 @@ from .budget import BudgetUnreachableError, OverBudgetWarning, parse_budget
 from .cost import CostModel, ModelTotals, step_features
 from .estimate import PlanEstimate, PlanEstimator
 from .peak import account_for_peak
+from .symbolic import AtTheBound, SymbolicDims, TwinEstimator, symbolic_dims
 
 logger = logging.getLogger("autochunk_tvm")
 
@@ -82,6 +83,14 @@ class Selection:
         The memory estimate of the chosen plan (footprint per lowered binding).
     baseline
         The memory estimate of the unchunked module.
+    bounds
+        For a function with symbolic input dims, the upper bound of each, by name: the
+        estimates are at these lengths, and the build's memory is planned for them (NOTE
+        [symbolic selection]). Empty for static shapes.
+    bounds_given
+        The bounds that came from ``bounds=`` rather than the function's own
+        ``tir_var_upper_bound``: the module built must state them
+        (:func:`~autochunk_tvm.selection.symbolic.with_bounds`).
     """
 
     plan: ChunkPlan
@@ -93,6 +102,8 @@ class Selection:
     seconds: float
     estimate: PlanEstimate
     baseline: PlanEstimate
+    bounds: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    bounds_given: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +124,10 @@ class _Selector:
         top_k: int,
         max_chunks: int,
         hoist: bool = True,
+        admits: Callable[[ChunkCandidate], bool] | None = None,
     ):
         self.est = estimator
+        self.admits = admits or (lambda cand: True)
         self.hoist = hoist
         self.budget = budget
         self.cost_model = cost_model
@@ -162,9 +175,12 @@ class _Selector:
             found = search_chunk_candidates(
                 self.est.mod, func_name=self.est.func_name, centre=centre
             )
-            # NOTE [symbolic extents]: a chunk length for a symbolic extent has no count to
-            # bisect on; selection chunks static extents (symbolic plans can be hand-written).
-            self._candidates[centre] = [c for c in found if isinstance(c.extent, int)]
+            # NOTE [symbolic extents]: a symbolic function is selected on its static twin at
+            # the bound (NOTE [symbolic selection], selection/symbolic.py); ``admits`` keeps the
+            # regions whose flow is legal on the symbolic function too.
+            self._candidates[centre] = [
+                c for c in found if isinstance(c.extent, int) and self.admits(c)
+            ]
         return self._candidates[centre]
 
     def step(self, cand: ChunkCandidate, chunk_len: int) -> ChunkStep:
@@ -267,8 +283,9 @@ class _Selector:
         # storages are shared between layers, so chunking one of several alike blocks (GPT's
         # attention in layer 1 of 2) can lower the peak yet raise the excess: its chunk
         # storages are new, and the big shared storage is still allocated, one layer later.
-        # No single step then lowers the excess, though two do. When no child lowers it, children that lower the peak go on
-        # instead (seen on CUDA, GPT-small at 20%: 36.5 MiB was reported as the floor).
+        # No single step then lowers the excess, though two do. When no child lowers it,
+        # children that lower the peak go on instead (seen on CUDA, GPT-small at 20%: 36.5 MiB
+        # was reported as the floor).
         lower_peak: list[_State] = []
         centres = [
             c
@@ -336,7 +353,9 @@ class _Selector:
         alone = (cand,)
         cls = self.classes.region_class(cand)
         members = tuple(
-            m for m in cls.members if m not in self._unlowerable and not self._cuts(state, m)
+            m
+            for m in cls.members
+            if m not in self._unlowerable and not self._cuts(state, m) and self.admits(m)
         )
         if len(members) < 2:
             return [alone]
@@ -565,8 +584,45 @@ def select_plan(
         max_stages=max_stages,
         headroom=headroom,
     )
+    search = _Search(
+        cost_model=cost_model or CostModel.default(),
+        beam_width=beam_width,
+        top_k=top_k,
+        max_chunks=max_chunks,
+        max_stages=max_stages,
+        strict=strict,
+        headroom=headroom,
+        tune=tune,
+        hoist=hoist,
+    )
+    dims = symbolic_dims(mod[func_name], bounds)
+    if dims is not None:
+        if estimator is not None:
+            raise ValueError(
+                "estimator= is for functions of static shapes; a symbolic function is "
+                "estimated at its bounds by select_plan itself"
+            )
+        return _select_at_the_bound(mod, budget, target, func_name, dims, search, began)
     est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
-    baseline = est.estimate(())
+    return _select(est, budget, search, began)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Search:
+    """The settings of one selection (see :func:`select_plan`)."""
+
+    cost_model: CostModel
+    beam_width: int
+    top_k: int
+    max_chunks: int
+    max_stages: int
+    strict: bool
+    headroom: float
+    tune: bool
+    hoist: bool
+
+
+def _check_sized(baseline: PlanEstimate, func_name: str) -> None:
     unsized = baseline.allocation.profile.unsized
     if unsized:
         raise ValueError(
@@ -575,13 +631,32 @@ def select_plan(
             "budget can be checked. Give every tensor a static shape, or a symbolic one with "
             "an upper bound (torch.export's Dim(..., max=...) or bounds=)"
         )
+
+
+def _select(
+    est: PlanEstimator,
+    budget: int | float | str,
+    search: _Search,
+    began: float,
+    admits: Callable[[ChunkCandidate], bool] | None = None,
+) -> Selection:
+    """Selection on a function of static shapes; ``admits`` restricts the regions tried."""
+    beam_width, max_stages, strict = search.beam_width, search.max_stages, search.strict
+    baseline = est.estimate(())
+    _check_sized(baseline, est.func_name)
     limit = parse_budget(budget, baseline.peak)
     root = _State((), baseline)
     if baseline.peak <= limit:
         return _selection(root, [], limit, baseline, est, began, reached=True)
-    limit_eff = int(limit * (1.0 - headroom))
+    limit_eff = int(limit * (1.0 - search.headroom))
     selector = _Selector(
-        est, limit_eff, cost_model or CostModel.default(), top_k, max_chunks, hoist
+        est,
+        limit_eff,
+        search.cost_model,
+        search.top_k,
+        search.max_chunks,
+        search.hoist,
+        admits,
     )
     finished, explored = _beam(selector, root, beam_width, max_stages)
     floor = None
@@ -607,15 +682,15 @@ def select_plan(
             found.setdefault(done.steps, done)
             # Step costs are never negative: once a relaxed plan costs nothing, no other can
             # be cheaper (the plans the tuner times excepted).
-            if len(found) >= (beam_width if tune else 1) and selector.cost(done.steps) <= 0:
+            if len(found) >= (beam_width if search.tune else 1) and selector.cost(done.steps) <= 0:
                 break
         relaxed = sorted(found.values(), key=lambda s: (selector.cost(s.steps), s.estimate.peak))
         relaxed = relaxed[:beam_width]
         chosen = relaxed[0]
-        if tune and len(relaxed) > 1:
+        if search.tune and len(relaxed) > 1:
             from .tune import fastest
 
-            best, _ = fastest([est.lower(s.steps) for s in relaxed], est.target, func_name)
+            best, _ = fastest([est.lower(s.steps) for s in relaxed], est.target, est.func_name)
             chosen = relaxed[best]
         return _selection(chosen, selector, limit, baseline, est, began, reached=True)
     chosen = min(explored, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
@@ -629,8 +704,39 @@ def select_plan(
     if strict:
         why = account_for_peak(est.func, floor_state.steps, floor_state.estimate)
         raise BudgetUnreachableError(f"{message}.\n{why}", floor, limit)
-    warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=2)
+    warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=3)
     return _selection(chosen, selector, limit, baseline, est, began, reached=False)
+
+
+def _select_at_the_bound(
+    mod: tvm.IRModule,
+    budget: float | str,
+    target: Any,
+    func_name: str,
+    dims: SymbolicDims,
+    search: _Search,
+    began: float,
+) -> Selection:
+    """Selection for a symbolic function (NOTE [symbolic selection], selection/symbolic.py):
+    regions searched on its static twin at the bound, among those legal on both; every plan
+    estimated as the symbolic build, at the bound."""
+    if search.tune:
+        raise ValueError(
+            "tune=True times plans on inputs of one shape; a function of symbolic shapes "
+            f"({', '.join(dims.bounds)}) is selected by the cost model"
+        )
+    twin = AtTheBound(mod, func_name, dims)
+    symbolic = PlanEstimator(twin.symbolic, target, func_name=func_name, bounds=dims.bounds)
+    found = _select(TwinEstimator(twin, symbolic), budget, search, began, admits=twin.admits)
+    steps = twin.steps(found.plan.steps)
+    return dataclasses.replace(
+        found,
+        plan=dataclasses.replace(found.plan, steps=steps),
+        estimate=dataclasses.replace(found.estimate, steps=ordered_steps(steps)),
+        seconds=time.perf_counter() - began,
+        bounds=dims.bounds,
+        bounds_given=dims.given,
+    )
 
 
 def _beam(

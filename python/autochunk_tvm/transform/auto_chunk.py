@@ -9,7 +9,7 @@ import tvm
 
 from .. import console
 from ..analysis.memory import check_module
-from ..lowering import lower_chunk_plan
+from ..lowering import guard_bounds, lower_chunk_plan, with_bounds
 from ..selection import CostModel, Selection, select_plan
 from ..selection.budget import check_budget
 from ..selection.select import check_settings
@@ -46,8 +46,15 @@ class _AutoChunk:
     beam_width, top_k, max_chunks, max_stages, headroom, cost_model, hoist, bounds
         Selection settings; see :func:`~autochunk_tvm.selection.select_plan`.
 
+    A function with symbolic input dims (a dynamic sequence length) is chunked for every
+    length up to their upper bounds: the function's ``tir_var_upper_bound`` (torch.export's
+    ``Dim(..., max=...)``), or ``bounds={"seq": 8192}``. The budget holds at the bounds and,
+    since the build plans its memory for them, at every shorter length; the returned
+    function refuses a longer input with a message that names the dim.
+
     A budget the unchunked build already meets returns the module unchanged (the same
-    object). On any error the input module is unchanged.
+    object), unless ``bounds=`` gave bounds the function did not state. On any error the
+    input module is unchanged.
     """
 
     def __init__(
@@ -112,10 +119,16 @@ class _AutoChunk:
         )
         if self.on_selection is not None:
             self.on_selection(selection)
-        if not selection.plan.steps:
+        if not selection.plan.steps and not selection.bounds_given:
             return mod
         # 4. Lower: every chosen region becomes one call_tir to a loop over its chunks.
-        return lower_chunk_plan(mod, selection.plan, target)
+        chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+        # 5. Symbolic lengths: the build plans memory for the bounds the plan was selected
+        #    at, and a call checks its lengths against them (NOTE [symbolic selection]).
+        if selection.bounds:
+            chunked = with_bounds(chunked, self.func_name, selection.bounds_given)
+            chunked = guard_bounds(chunked, self.func_name, selection.bounds)
+        return chunked
 
 
 _AutoChunkPass = tvm.transform.module_pass(opt_level=0, name="autochunk.AutoChunk")(_AutoChunk)
