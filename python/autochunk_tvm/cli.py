@@ -160,11 +160,14 @@ def _select(mod, target, args: argparse.Namespace):
     """``select_plan`` with the command line's budget and options; an unreachable budget
     becomes exit status 3 with the smallest reachable peak."""
     from .selection import BudgetUnreachableError, OverBudgetWarning, select_plan
+    from .selection.symbolic import UnboundedShapeError
 
     budget = args.budget
     options: dict[str, Any] = {"strict": not args.allow_over_budget}
     if args.max_chunks is not None:
         options["max_chunks"] = args.max_chunks
+    if args.bound:
+        options["bounds"] = _bounds(args.bound)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OverBudgetWarning)
@@ -182,6 +185,13 @@ def _select(mod, target, args: argparse.Namespace):
             else:  # not ours to judge: shown as Python would
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         return selection
+    except UnboundedShapeError as err:
+        raise CliError(
+            f"{err.dims[0] if len(err.dims) == 1 else ', '.join(err.dims)}: symbolic without "
+            "an upper bound, so the memory of a call cannot be bounded. Give the longest "
+            f"length the model must serve with --bound {err.dims[0]}=N, or export it with "
+            f"torch.export.Dim(..., max=N)"
+        ) from err
     except BudgetUnreachableError as err:
         from .analysis import format_bytes
 
@@ -193,6 +203,17 @@ def _select(mod, target, args: argparse.Namespace):
             "smallest plan anyway",
             EXIT_UNREACHABLE,
         ) from err
+
+
+def _bounds(items: list[str]) -> dict[str, int]:
+    """``--bound seq=8192`` values, checked."""
+    bounds = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.isdigit() or int(value) < 1:
+            raise CliError(f"--bound takes DIM=N with N a positive integer, got {item!r}")
+        bounds[name] = int(value)
+    return bounds
 
 
 def _budget_value(text: str) -> int | float | str:
@@ -216,9 +237,9 @@ def _budget_value(text: str) -> int | float | str:
 
 def _apply(mod, selection, target):
     """The module with the selected plan lowered (the module itself for an empty plan)."""
-    from .lowering import lower_chunk_plan
+    from .transform import apply_selection
 
-    return lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+    return apply_selection(mod, selection, target)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -487,6 +508,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="finest chunking selection may try (default 64)",
+    )
+    selecting.add_argument(
+        "--bound",
+        action="append",
+        metavar="DIM=N",
+        default=None,
+        help="upper bound of a symbolic input dim (a dynamic length) that the program does not "
+        "bound itself, e.g. --bound seq=8192; repeatable",
     )
     selecting.add_argument(
         "--allow-over-budget",

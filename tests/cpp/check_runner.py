@@ -2,6 +2,7 @@
 
     check_runner.py --runner PATH --target llvm|cuda --work-dir DIR   # runner vs Python VM
     check_runner.py --runner PATH --errors --work-dir DIR             # its error paths
+    check_runner.py --runner PATH --dynamic --work-dir DIR            # one .so, many lengths
 
 The model (``MODELS``) is compiled with AutoChunk at half its unchunked peak, so at least one
 chunk loop is in the library. Its outputs from the C++ runner must equal those of the same ``.so`` loaded in Python (the same kernels run, so
@@ -135,16 +136,67 @@ def check_errors(runner: str, work_dir: str) -> None:
     )
 
 
+# A GPT exported with a dynamic sequence length up to DYNAMIC_BOUND; the lengths it is run at:
+# one token, a length that no chunk length divides evenly, the bound.
+DYNAMIC_BOUND = 256
+DYNAMIC_LENGTHS = (1, 201, DYNAMIC_BOUND)
+
+
+def check_dynamic(runner: str, work_dir: str) -> None:
+    """One library chunked for every length up to the bound: the runner's outputs at several
+    lengths equal the Python VM's, and a longer input is refused with a message naming the
+    dim (exit 1), before any chunk loop runs."""
+    import autochunk_tvm as ac
+    import torch
+    import tvm
+
+    model, (tokens,) = ac.models.gpt(
+        "small", seq_len=DYNAMIC_BOUND, n_layer=1, mask_from_positions=True
+    )
+    seq = torch.export.Dim("seq", min=1, max=DYNAMIC_BOUND)
+    mod = ac.from_torch(model, (tokens[:, :64],), dynamic_shapes={"idx": {1: seq}})
+    selections = []
+    ex = ac.build(mod, target="llvm", budget=0.5, on_selection=selections.append)
+    assert selections[0].plan.steps, "AutoChunk at 50% chunked no region: nothing to test"
+    lib = os.path.join(work_dir, "gpt_dynamic.so")
+    ex.export_library(lib)
+    for length in DYNAMIC_LENGTHS:
+        path = os.path.join(work_dir, f"tokens_{length}.npy")
+        np.save(path, tokens[:, :length].numpy())
+        expected = python_outputs(lib, [path], tvm.cpu())
+        with torch.no_grad():
+            np.testing.assert_allclose(
+                expected[0], model(tokens[:, :length]).numpy(), rtol=1e-4, atol=1e-4
+            )
+        out_dir = os.path.join(work_dir, f"out_{length}")
+        proc = run_runner(runner, lib, [path], out_dir)
+        assert proc.returncode == 0, proc.stderr
+        got = np.load(os.path.join(out_dir, "output0.npy"))
+        np.testing.assert_array_equal(got, expected[0])
+    too_long = os.path.join(work_dir, "tokens_too_long.npy")
+    np.save(too_long, np.zeros((1, DYNAMIC_BOUND + 1), dtype=np.int64))
+    proc = run_runner(runner, lib, [too_long], os.path.join(work_dir, "out_too_long"))
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert f"seq is above {DYNAMIC_BOUND}" in proc.stderr, proc.stderr
+    print(
+        f"one library for seq <= {DYNAMIC_BOUND}: C++ runner outputs equal the Python VM's at "
+        f"lengths {DYNAMIC_LENGTHS}; length {DYNAMIC_BOUND + 1} refused"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runner", required=True)
     parser.add_argument("--target", default="llvm", choices=["llvm", "cuda"])
     parser.add_argument("--errors", action="store_true")
+    parser.add_argument("--dynamic", action="store_true")
     parser.add_argument("--work-dir", required=True)
     opts = parser.parse_args()
     os.makedirs(opts.work_dir, exist_ok=True)
     if opts.errors:
         check_errors(opts.runner, opts.work_dir)
+    elif opts.dynamic:
+        check_dynamic(opts.runner, opts.work_dir)
     else:
         check_matches(opts.runner, opts.target, opts.work_dir)
     return 0

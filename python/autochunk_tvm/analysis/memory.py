@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import tvm
 from tvm import relax, tirx
 
-from .sizes import SizeExpr, evaluate, is_zero, type_bytes
+from .sizes import SizeExpr, evaluate, free_vars, is_zero, type_bytes
 from .sources import TorchSource, binding_sources, op_label, sources_table
 from .tir_workspace import workspace_bytes
 from .views import VIEW_OPS
@@ -390,6 +390,12 @@ def _default_bounds(func: relax.Function) -> dict[str, int]:
     return {str(k): int(v) for k, v in attrs["tir_var_upper_bound"].items()}
 
 
+def _known_bytes(ty) -> SizeExpr:
+    """:func:`type_bytes`, 0 when unknown (a symbolic size is kept: ``or`` would test it)."""
+    size = type_bytes(ty)
+    return 0 if size is None else size
+
+
 @dataclasses.dataclass
 class Liveness:
     """Storages of a function with their live intervals, and per-binding facts.
@@ -506,9 +512,7 @@ class _LivenessVisitor:
         self.own = size
         if isinstance(var.ty, relax.TupleType):
             fields = tuple(
-                self.new_storage(
-                    f"{var.name}[{i}]", type_bytes(field) or 0, StorageKind.INTERMEDIATE
-                )
+                self.new_storage(f"{var.name}[{i}]", _known_bytes(field), StorageKind.INTERMEDIATE)
                 for i, field in enumerate(var.ty.fields)
             )
             self.fields[var] = fields
@@ -668,7 +672,7 @@ def analyse_liveness(
 
     weight_bytes = visitor.weight_bytes
     for c in constants:
-        weight_bytes += evaluate(type_bytes(c.ty) or 0, use_bounds)
+        weight_bytes += evaluate(_known_bytes(c.ty), use_bounds)
     return Liveness(
         bindings=bindings,
         storages=storages,
@@ -684,6 +688,33 @@ def analyse_liveness(
         unsized=visitor.unsized,
         backing=visitor.backing,
     )
+
+
+def _workspace_in_inner_variables(
+    mod: tvm.IRModule, func: relax.Function
+) -> dict[str, tuple[SizeExpr, ...]] | None:
+    """Exact workspace of the PrimFuncs whose ``alloc_buffer`` sizes use variables that a
+    call's shapes do not fix, or None when there are none.
+
+    A chunk composite for a symbolic length (lowering/composite.py) sizes its last chunk's
+    buffers in the stage's own length variable, bound only through ``match_buffer``. TIR
+    lowering (:func:`~.tir_workspace.lowered_workspace_allocations`) substitutes the
+    function's lengths for them; the sum of the raw allocations cannot be evaluated.
+    """
+    from .planned import as_target
+    from .tir_workspace import lowered_workspace_allocations
+
+    outer = {v.name for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
+    inner = {
+        gv: prim
+        for gv, prim in mod.functions.items()
+        if isinstance(prim, tirx.PrimFunc)
+        and not isinstance(size := workspace_bytes(prim), int)
+        and any(v.name not in outer for v in free_vars(size))
+    }
+    if not inner:
+        return None
+    return lowered_workspace_allocations(tvm.IRModule(inner), as_target("llvm"))
 
 
 def estimate_activation_memory(
@@ -730,6 +761,8 @@ def estimate_activation_memory(
     True
     """
     mod, func, name = _resolve(mod_or_func, func_name)
+    if workspace is None and mod is not None:
+        workspace = _workspace_in_inner_variables(mod, func)
     live_info = analyse_liveness(mod, func, bounds, workspace)
     table = sources_table(mod, name) if mod is not None else {}
     return profile_from_liveness(name, live_info, table)

@@ -65,7 +65,7 @@ def evaluate(size: SizeExpr, bounds: Mapping[str, int]) -> int:
     if isinstance(size, tirx.IntImm):
         return int(size)
     analyzer = Analyzer()
-    for var in _free_vars(size):
+    for var in free_vars(size):
         if var.name in bounds:
             analyzer.bind(var, tirx.IntImm(str(var.ty.dtype), int(bounds[var.name])))
     result = analyzer.simplify(size)
@@ -78,7 +78,8 @@ def evaluate(size: SizeExpr, bounds: Mapping[str, int]) -> int:
     return int(result)
 
 
-def _free_vars(expr: tvm.ir.expr.Expr) -> list[tirx.Var]:
+def free_vars(expr: tvm.ir.expr.Expr) -> list[tirx.Var]:
+    """The shape variables a size expression uses."""
     # NOTE [no TIR visitor in Python]: TVM 0.27's Python API has no expression visitor, but
     # wrapping the expression in a Relax shape gives us Relax's own free-var analysis for it.
     return list(relax.analysis.tir_vars_in_type(relax.TensorType([expr], "int8")))

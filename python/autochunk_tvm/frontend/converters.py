@@ -76,8 +76,8 @@ def _cumsum(node, importer) -> relax.Var:
 
 @register("slice.Tensor")
 def _slice(node, importer) -> relax.Var:
-    """``aten.slice`` at a symbolic position whose length torch proved in bounds keeps that
-    length.
+    """``aten.slice`` of a symbolic dim or at a symbolic position, whose length torch proved
+    in bounds, keeps that length.
 
     NOTE [slices within a bound]: TVM's importer slices with ``assume_inbound=False``, so a
     dynamic slice ``mask[:, :, :t]`` of a 1025-row buffer gets the length ``min(t, 1025)``.
@@ -85,7 +85,7 @@ def _slice(node, importer) -> relax.Var:
     -inf, scores)``) loses its shape (``ndim=4`` only): its memory is unknown and chunk flows
     stop there. torch.export records the length it proved from the dims' ranges: when that is
     ``end - start`` exactly (no clamping), the slice is in bounds and is emitted as such.
-    Static slices are left to the importer.
+    Slices of static dims at static positions are left to the importer.
     """
     from torch.fx import Node
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -93,7 +93,12 @@ def _slice(node, importer) -> relax.Var:
     dim, start, end, step = (list(node.args[1:5]) + [None] * 4)[:4]
     dim, start, step = dim or 0, start or 0, 1 if step is None else step
     val = node.meta.get("val")
-    symbolic = isinstance(start, Node) or isinstance(end, Node)
+    source = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
+    symbolic = (
+        isinstance(start, Node)
+        or isinstance(end, Node)
+        or (source is not None and not isinstance(source.shape[dim], int))
+    )
     if not symbolic or end is None or step != 1 or val is None:
         return importer._slice(node)
 
@@ -107,8 +112,9 @@ def _slice(node, importer) -> relax.Var:
         return importer.env[a] if isinstance(a, Node) else a
 
     x = importer.env[node.args[0]]
+    axis = dim % val.dim()  # TVM's dynamic slice needs a non-negative axis
     return importer.block_builder.emit(
-        relax.op.strided_slice(x, [dim], [bound(start)], [bound(end)], [1], assume_inbound=True)
+        relax.op.strided_slice(x, [axis], [bound(start)], [bound(end)], [1], assume_inbound=True)
     )
 
 

@@ -7,7 +7,8 @@ selection], selection/symbolic.py). Two rewrites make that hold in the built mod
   ``StaticPlanBlockMemory`` sizes its storages (without it, memory is allocated per call).
 - :func:`guard_bounds` makes the function check its lengths against the bounds first. A longer
   input does not fit the storages planned for the bound; unchecked, the VM refuses it deep in
-  the call with ``storage allocation failure``, a message that names no dim.
+  the call with ``storage allocation failure``, a message that names no dim (or, where a
+  length indexes a table, a gather reads out of bounds).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 GUARD = "_within_bounds"
 
@@ -46,29 +47,46 @@ def with_bounds(mod: tvm.IRModule, func_name: str, bounds: Mapping[str, int]) ->
 
 
 def guard_bounds(mod: tvm.IRModule, func_name: str, bounds: Mapping[str, int]) -> tvm.IRModule:
-    """``mod`` whose function first asserts that each symbolic input dim named in ``bounds``
-    is within its bound, with a message that names the dim, its value and the bound."""
+    """``mod`` whose function first checks that each symbolic input dim named in ``bounds``
+    is within its bound, raising a ``ValueError`` that names the dim and the bound.
+
+    NOTE [bounds check on the host]: the check is a host PrimFunc of TIR asserts, called with
+    the dims. Relax's ``assert_op`` would do in Python, but it runs a function that only the
+    Python package registers, so the TVM runtime alone (the C++ runner, a deployment) cannot
+    load a module that uses it; compiled asserts run anywhere, on every target.
+    """
     func = mod[func_name]
     dims = {v.name: v for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
     checks = [(dims[name], int(bound)) for name, bound in sorted(bounds.items()) if name in dims]
     body = func.body
     if not checks or not isinstance(body, relax.SeqExpr):
         return mod
-    guards = []
-    for var, bound in checks:
-        # The runtime formats the message with str.format: "{}" is the value, and literal
-        # braces are doubled.
-        message = (
-            f"{var.name} = {{}} is above {bound}, the longest length this module was built "
-            f"for; build it again for a larger bound (torch.export.Dim({var.name!r}, max=...) "
-            f"or bounds={{{{{var.name!r}: ...}}}})"
+    params = [tirx.Var(var.name, var.ty.dtype) for var, _ in checks]
+    # TVM 0.27's Python AssertStmt names its first two parameters (kind, condition) but hands
+    # them on in that order to a constructor that takes (condition, kind): they go swapped.
+    asserts = [
+        tirx.AssertStmt(
+            param <= tirx.IntImm(param.ty.dtype, bound),
+            tvm.ir.StringImm("ValueError"),
+            [
+                tvm.ir.StringImm(
+                    f"{param.name} is above {bound}, the longest length this module was built "
+                    f"for; build it again for a larger bound (torch.export.Dim({param.name!r}, "
+                    f"max=...) or bounds={{{param.name!r}: ...}})"
+                )
+            ],
         )
-        call = relax.op.assert_op(
-            relax.prim_value(var <= bound), [relax.prim_value(var)], format=message
-        )
-        guards.append(relax.VarBinding(relax.Var(GUARD), call))
-    blocks = [relax.BindingBlock(guards), *body.blocks]
+        for param, bound in zip(params, (b for _, b in checks))
+    ]
+    check = tirx.PrimFunc(params, asserts[0] if len(asserts) == 1 else tirx.SeqStmt(asserts))
+    check = check.with_attr("tir.is_host_func", True)
+    builder = relax.BlockBuilder(mod)
+    gv = builder.add_func(check, f"{func_name}{GUARD}")  # a GlobalVar typed as the function
+    out = builder.get()
+    call = relax.Call(gv, [relax.prim_value(var) for var, _ in checks])
+    blocks = [relax.BindingBlock([relax.VarBinding(relax.Var(GUARD), call)]), *body.blocks]
     guarded = relax.Function(
         func.params, relax.SeqExpr(blocks, body.body), func.ret_ty, func.is_pure, func.attrs
     )
-    return relax.transform.Normalize()(_replaced(mod, func_name, guarded))
+    out[func_name] = guarded
+    return relax.transform.Normalize()(out)

@@ -46,8 +46,8 @@ class RegionReport:
     ops: tuple[str, ...]  # op names of the region's bindings, in order (views included)
     kernels: tuple[str, ...]  # the same without views (analysis/views.py): what launches
     outputs: tuple[tuple[str, int], ...]  # (output, chunk axis)
-    extent: int
-    n_chunks: int
+    extent: int  # at the bounds, for symbolic lengths
+    n_chunks: int  # at the bounds, for symbolic lengths (a run-time count below them)
     chunk_len: int
     bytes_before: int  # footprint up to the region's end, unchunked
     bytes_after: int  # the same with the plan applied
@@ -81,6 +81,8 @@ class PlanReport:
     # blocks.0.attn", the op alone when the importer recorded no module) and its module path.
     labels: tuple[str, ...]
     modules: tuple[str, ...]
+    # Symbolic lengths: the upper bound of each, at which memory and chunk counts are given.
+    bounds: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, mod, selection: Selection, func_name: str = "main") -> PlanReport:
@@ -89,7 +91,9 @@ class PlanReport:
         table = sources_table(mod, func_name)
         sources = binding_sources(bindings, ops, table)
         regions = []
-        for step, cost in zip(selection.plan.steps, selection.step_costs):
+        # For symbolic lengths, the extents and chunk counts at the bounds.
+        at_bounds = selection.steps_at_bounds or selection.plan.steps
+        for step, cost in zip(at_bounds, selection.step_costs):
             cand = step.candidate
             region = bindings[cand.start : cand.end + 1]
             source = region_source(region, sources[cand.start : cand.end + 1])
@@ -127,6 +131,7 @@ class PlanReport:
             positions_after=selection.estimate.position,
             labels=binding_labels(bindings, ops, table),
             modules=tuple(s.module if s is not None else "" for s in sources),
+            bounds=tuple(sorted(selection.bounds.items())),
         )
 
     def __str__(self) -> str:
@@ -141,6 +146,12 @@ class PlanReport:
                 f"{self.seconds:.1f} s ({self.evaluated} plans estimated)"
             ),
         ]
+        if self.bounds:
+            at = ", ".join(f"{name} = {value}" for name, value in self.bounds)
+            lines.append(
+                f"  symbolic lengths: memory and chunk counts at the bound {at}; one build "
+                "serves every length up to it, at the same chunk lengths"
+            )
         if self.regions:
             lines.append(
                 f"  region     {'what':<44} chunks x len  memory before -> after   cost  kernels"

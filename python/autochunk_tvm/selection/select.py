@@ -90,7 +90,11 @@ class Selection:
     bounds_given
         The bounds that came from ``bounds=`` rather than the function's own
         ``tir_var_upper_bound``: the module built must state them
-        (:func:`~autochunk_tvm.selection.symbolic.with_bounds`).
+        (:func:`~autochunk_tvm.lowering.bounds.with_bounds`).
+    steps_at_bounds
+        For a symbolic function, the plan's steps as found on its static twin at the bounds:
+        the same regions and chunk lengths, with the extents (and chunk counts) at the bounds.
+        Empty for static shapes.
     """
 
     plan: ChunkPlan
@@ -104,6 +108,7 @@ class Selection:
     baseline: PlanEstimate
     bounds: Mapping[str, int] = dataclasses.field(default_factory=dict)
     bounds_given: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    steps_at_bounds: tuple[ChunkStep, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -736,6 +741,7 @@ def _select_at_the_bound(
         seconds=time.perf_counter() - began,
         bounds=dims.bounds,
         bounds_given=dims.given,
+        steps_at_bounds=found.plan.steps,
     )
 
 

@@ -37,7 +37,11 @@ if TYPE_CHECKING:
 
 
 class UnboundedShapeError(ValueError):
-    """A symbolic dim has no upper bound, so no budget can be checked for it."""
+    """Symbolic dims without an upper bound (``dims``, by name): no budget can be checked."""
+
+    def __init__(self, message: str, dims: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.dims = dims
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +86,14 @@ def symbolic_dims(
             f"the input dim(s) {', '.join(missing)} are symbolic without an upper bound, so "
             "the memory of a call cannot be bounded and no budget can be checked. Export with "
             f"a bounded dim (torch.export.Dim({missing[0]!r}, max=8192)) or pass "
-            f"bounds={{{missing[0]!r}: 8192}} with the longest length the model must serve"
+            f"bounds={{{missing[0]!r}: 8192}} with the longest length the model must serve",
+            tuple(missing),
         )
     for name in names:
         if merged[name] < 1:
-            raise UnboundedShapeError(f"the bound of {name} must be positive, got {merged[name]}")
+            raise UnboundedShapeError(
+                f"the bound of {name} must be positive, got {merged[name]}", (name,)
+            )
     kept = {n: merged[n] for n in names}
     return SymbolicDims(kept, {n: v for n, v in kept.items() if own.get(n) != v})
 

@@ -2,6 +2,8 @@
 
 * :class:`AutoChunk` (``auto_chunk.py``) - the whole method: estimate, search, select, lower.
   Runs on high-level Relax, before legalization.
+* :func:`apply_selection` - stage 4 for a selection made apart (``select_plan``): the plan
+  lowered, and for symbolic lengths the bounds stated and checked.
 * :func:`LowerChunkPlan` - stage 4 alone: apply a given chunk plan. Every planned region of
   the Relax module becomes one ``call_tir`` to a composite PrimFunc that loops over chunks.
 """
@@ -13,7 +15,7 @@ from typing import Any
 import tvm
 
 from ..lowering import ChunkPlan, lower_chunk_plan
-from .auto_chunk import AutoChunk
+from .auto_chunk import AutoChunk, apply_selection
 from .target import pass_target
 
 
@@ -32,4 +34,4 @@ def LowerChunkPlan(plan: ChunkPlan, target: Any = None) -> tvm.transform.Pass:
     return _pass
 
 
-__all__ = ["AutoChunk", "LowerChunkPlan"]
+__all__ = ["AutoChunk", "LowerChunkPlan", "apply_selection"]

@@ -119,16 +119,27 @@ class _AutoChunk:
         )
         if self.on_selection is not None:
             self.on_selection(selection)
-        if not selection.plan.steps and not selection.bounds_given:
-            return mod
         # 4. Lower: every chosen region becomes one call_tir to a loop over its chunks.
-        chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
-        # 5. Symbolic lengths: the build plans memory for the bounds the plan was selected
-        #    at, and a call checks its lengths against them (NOTE [symbolic selection]).
-        if selection.bounds:
-            chunked = with_bounds(chunked, self.func_name, selection.bounds_given)
-            chunked = guard_bounds(chunked, self.func_name, selection.bounds)
-        return chunked
+        return apply_selection(mod, selection, target, self.func_name)
+
+
+def apply_selection(
+    mod: tvm.IRModule, selection: Selection, target: Any, func_name: str = "main"
+) -> tvm.IRModule:
+    """``mod`` with the selected plan lowered: ``mod`` itself when the plan is empty and the
+    function's shapes are static (or its bounds all its own).
+
+    For symbolic lengths, the function also states the bounds the plan was selected at, for
+    which the build plans its memory, and checks a call's lengths against them first (NOTE
+    [symbolic selection], selection/symbolic.py).
+    """
+    if not selection.plan.steps and not selection.bounds_given:
+        return mod
+    chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+    if selection.bounds:
+        chunked = with_bounds(chunked, func_name, selection.bounds_given)
+        chunked = guard_bounds(chunked, func_name, selection.bounds)
+    return chunked
 
 
 _AutoChunkPass = tvm.transform.module_pass(opt_level=0, name="autochunk.AutoChunk")(_AutoChunk)
