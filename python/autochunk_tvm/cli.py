@@ -262,14 +262,29 @@ def _demo(args: argparse.Namespace) -> int:
         if not sep:
             raise CliError(f"--set takes FIELD=VALUE, got {item!r}")
         overrides[key] = int(value) if value.lstrip("-").isdigit() else value
+    if args.dynamic and args.model != "gpt":
+        raise CliError("--dynamic exports the built-in GPT with a dynamic length: use --model gpt")
+    if args.dynamic:
+        overrides["mask_from_positions"] = 1  # what a dynamic export needs (models/gpt.py)
     progress = Progress(8 if args.measure else 6, args.quiet)
 
-    with progress.step(f"importing {args.model} ({args.preset}, {overrides or 'preset sizes'})"):
+    how = " with a dynamic sequence length" if args.dynamic else ""
+    with progress.step(
+        f"importing {args.model} ({args.preset}, {overrides or 'preset sizes'}){how}"
+    ):
         try:
             model, inputs = ac.models.FACTORIES[args.model](args.preset, **overrides)
         except (ValueError, TypeError) as err:
             raise CliError(str(err)) from err
-        mod = ac.from_torch(model, inputs)
+        lengths, inputs_at = _demo_lengths(args.dynamic, inputs)
+        if args.dynamic:
+            import torch
+
+            seq = torch.export.Dim("seq", min=1, max=lengths[-1])
+            example = inputs_at(lengths[1])
+            mod = ac.from_torch(model, example, dynamic_shapes={"idx": {1: seq}})
+        else:
+            mod = ac.from_torch(model, inputs)
     with progress.step("activation-memory profile of the Relax graph"):
         profile = ac.estimate_activation_memory(mod)
     print(profile.summary(top=args.top))
@@ -284,14 +299,25 @@ def _demo(args: argparse.Namespace) -> int:
         chunked_mod = _apply(mod, selection, target)
         chunked = relax.build(chunked_mod, target=target)
     device = device_for(target)
-    run_plain = vm_callable(plain, inputs, device=device)
-    run_chunked = vm_callable(chunked, inputs, device=device)
-    with progress.step("checking the chunked outputs against the unchunked ones"):
-        got, want = output_arrays(run_chunked()), output_arrays(run_plain())
-        err = max(
-            float(np.max(np.abs(a.astype("float64") - b.astype("float64"))))
-            for a, b in zip(got, want, strict=True)
+    runs = {
+        n: (
+            vm_callable(plain, inputs_at(n), device=device),
+            vm_callable(chunked, inputs_at(n), device=device),
         )
+        for n in lengths
+    }
+    at = f" at sequence lengths {', '.join(map(str, lengths))}" if args.dynamic else ""
+    with progress.step(f"checking the chunked outputs against the unchunked ones{at}"):
+        errors = []
+        for run_plain, run_chunked in runs.values():
+            got, want = output_arrays(run_chunked()), output_arrays(run_plain())
+            errors.append(
+                max(
+                    float(np.max(np.abs(a.astype("float64") - b.astype("float64"))))
+                    for a, b in zip(got, want, strict=True)
+                )
+            )
+        err = max(errors)
     tolerance = _tolerance(str(want[0].dtype))
     if err > tolerance:
         raise CliError(
@@ -299,7 +325,10 @@ def _demo(args: argparse.Namespace) -> int:
             f"than {tolerance:g}): this is a bug, please report it with this command line",
             EXIT_FAILED,
         )
-    print(f"outputs: max abs difference chunked vs unchunked {err:.3g} (tolerance {tolerance:g})")
+    print(
+        f"outputs: max abs difference chunked vs unchunked {err:.3g} (tolerance {tolerance:g})"
+        + (f", at each of the lengths {', '.join(map(str, lengths))}" if args.dynamic else "")
+    )
     with progress.step("plotting the memory profile"):
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)) or ".", exist_ok=True)
         # NOTE [main plot]: --plot gets the build's bytes, unchunked and chunked, with the
@@ -322,6 +351,7 @@ def _demo(args: argparse.Namespace) -> int:
         (
             f"memory (one call, {target.kind.name}): estimated "
             f"{format_bytes(selection.unchunked_peak)} -> {format_bytes(selection.estimate.peak)}"
+            + (f" at the bound, length {lengths[-1]}, and below it" if args.dynamic else "")
         )
     ]
     if args.measure:
@@ -333,10 +363,28 @@ def _demo(args: argparse.Namespace) -> int:
             f"{format_bytes(m_chunked)} ({m_chunked / max(1, m_plain):.0%} of unchunked)"
         )
         with progress.step(f"timing chunked against unchunked ({args.repeats} interleaved calls)"):
-            ratio = ac.speed_ratio(run_chunked, run_plain, repeats=args.repeats)
-        lines.append(f"speed: chunked/unchunked time {ratio:.3f}")
+            ratios = {
+                n: ac.speed_ratio(run_chunked, run_plain, repeats=args.repeats)
+                for n, (run_plain, run_chunked) in runs.items()
+            }
+        if args.dynamic:
+            lines.append(
+                "speed: chunked/unchunked time "
+                + ", ".join(f"{r:.3f} at length {n}" for n, r in ratios.items())
+            )
+        else:
+            lines.append(f"speed: chunked/unchunked time {ratios[lengths[-1]]:.3f}")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _demo_lengths(dynamic: bool, inputs):
+    """The sequence lengths the demo runs at, and the model's inputs at a length: the built
+    length alone, or, for ``--dynamic``, 1/8, 1/2 and all of it (the bound)."""
+    (tokens,) = inputs
+    full = tokens.shape[1]
+    lengths = sorted({max(1, full // 8), max(1, full // 2), full}) if dynamic else [full]
+    return lengths, lambda n: (tokens[:, :n],)
 
 
 def _tolerance(dtype: str) -> float:
@@ -554,6 +602,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="measure",
         action="store_false",
         help="skip the fresh-process memory measurement and the timing",
+    )
+    demo.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="export the GPT with a dynamic sequence length (up to --set seq_len, the "
+        "bound), build once, and run at 1/8, 1/2 and all of it",
     )
     demo.add_argument("--repeats", type=int, default=5, help="timed calls of each build")
     demo.add_argument("--top", type=int, default=8, help="bindings to list in the profile")

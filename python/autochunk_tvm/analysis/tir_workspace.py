@@ -146,10 +146,10 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
     # lowering/lower.py): a composite new to the cache is lowered once, not once per layer.
     twins: dict[str, str] = {}  # name -> the name of the equal function lowered for it
     pending = StructuralMemo()
-    tag = str(target)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
+        tag = _tag(func, target)
         hit = _cache.get(func, tag)
         if hit is not None:
             found[gv.name_hint] = hit
@@ -158,7 +158,7 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
         if first is not None:
             twins[gv.name_hint] = first
         elif is_zero(workspace_bytes(func)):
-            _cache.put(func, (), tag)
+            _cache.put(func, (), _tag(func, target))
             found[gv.name_hint] = ()
         else:
             todo[gv] = func
@@ -170,8 +170,28 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
             )
         for gv, func in lowered.functions.items():
             sizes = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
-            _cache.put(todo[mod.get_global_var(gv.name_hint)], sizes, tag)
+            source = todo[mod.get_global_var(gv.name_hint)]
+            _cache.put(source, sizes, _tag(source, target))
             found[gv.name_hint] = sizes
     for name, first in twins.items():
         found[name] = found[first]
     return found
+
+
+def _tag(func: tirx.PrimFunc, target) -> tuple:
+    """The cache key parts besides the function: the target, and the names of the shape
+    variables of its parameters.
+
+    NOTE [variable names in the cache]: structural equality maps a function's own variables
+    one to one, so two kernels that differ only in the name of a length (``seq``, ``s75``) are
+    equal; but the sizes cached are written in the first one's variables, and a call binds
+    them by name. The names are part of the key.
+    """
+    names = tuple(
+        dim.name
+        for param in func.params
+        if isinstance(param, tirx.Buffer)
+        for dim in param.shape
+        if isinstance(dim, tirx.Var)
+    )
+    return (str(target), names)

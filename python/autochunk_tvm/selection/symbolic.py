@@ -20,10 +20,12 @@ full chunks' (on the zoo GPT at 20%, 0.4 MiB, 3%, more than the twin's plan: mea
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from ..analysis.sizes import symbolic_vars
@@ -36,12 +38,21 @@ if TYPE_CHECKING:
     from .estimate import PlanEstimate, PlanEstimator
 
 
+# Registered so that the error keeps its type when raised inside the AutoChunk pass (it
+# crosses TVM's FFI on the way out, rebuilt from its message: the dims are read back from it).
+@tvm_ffi.register_error
 class UnboundedShapeError(ValueError):
     """Symbolic dims without an upper bound (``dims``, by name): no budget can be checked."""
 
-    def __init__(self, message: str, dims: tuple[str, ...]) -> None:
+    def __init__(self, message: str, dims: tuple[str, ...] | None = None) -> None:
         super().__init__(message)
+        if dims is None:
+            found = _DIMS.search(message)
+            dims = tuple(found.group(1).split(", ")) if found else ()
         self.dims = dims
+
+
+_DIMS = re.compile(r"the input dim\(s\) (.+?) are symbolic")
 
 
 @dataclasses.dataclass(frozen=True)
