@@ -187,11 +187,12 @@ def _tag(func: tirx.PrimFunc, target) -> tuple:
     equal; but the sizes cached are written in the first one's variables, and a call binds
     them by name. The names are part of the key.
     """
-    names = tuple(
-        dim.name
-        for param in func.params
-        if isinstance(param, tirx.Buffer)
-        for dim in param.shape
-        if isinstance(dim, tirx.Var)
-    )
-    return (str(target), names)
+    names = []
+    for param in func.params:
+        try:
+            shape = param.shape  # a buffer parameter (TVM 0.27: a Var of BufferType)
+        except AttributeError:
+            names.append(param.name)  # a scalar parameter
+            continue
+        names += [dim.name for dim in shape if isinstance(dim, tirx.Var)]
+    return (str(target), tuple(names))
