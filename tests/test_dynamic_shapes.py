@@ -8,17 +8,16 @@ the budget; a longer input is refused by name, and an unbounded dim is a clear e
 
 import re
 
+import autochunk_tvm as ac
 import numpy as np
 import pytest
 import torch
 import tvm
-from conftest import run_on_vm, torch_outputs
-from tvm import relax
-
-import autochunk_tvm as ac
 from autochunk_tvm import cli
 from autochunk_tvm.lowering import COMPOSITE_ATTR
 from autochunk_tvm.selection.symbolic import UnboundedShapeError
+from conftest import run_on_vm, torch_outputs
+from tvm import relax
 
 BOUND = 256
 BUDGET = 0.5
@@ -190,3 +189,15 @@ def test_demo_dynamic_runs_one_build_at_three_lengths(tmp_path, capsys):
     assert f"at each of the lengths 32, 128, {BOUND}" in captured.out
     assert f"at the bound seq = {BOUND}" in captured.out
     assert cli.main(["demo", "--dynamic", "--model", "vit"]) == 2
+
+
+def test_the_autochunk_pipeline_builds_a_dynamic_module(dynamic):
+    model, tokens, mod, _, _ = dynamic
+    pipeline = relax.get_pipeline("autochunk", budget=BUDGET)
+    ex = relax.build(mod, tvm.target.Target("llvm"), relax_pipeline=pipeline)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    args = (tokens[:, :150],)
+    out = vm["main"](tvm.runtime.tensor(args[0].numpy()))[0].numpy()
+    np.testing.assert_allclose(out, torch_outputs(model, args)[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"seq is above {BOUND}"):
+        vm["main"](tvm.runtime.tensor(np.zeros((1, BOUND + 1), dtype="int64")))

@@ -107,7 +107,14 @@ def zoo():
     return get
 
 
-@pytest.mark.parametrize("key", list(ZOO_REGIONS))
+# The Evoformer's triangle and the UNet's convolution take 30-35 s each: kept for -m slow.
+HEAVY_REGIONS = {"evoformer-triangle", "unet-resnet-conv"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [pytest.param(k, marks=pytest.mark.slow) if k in HEAVY_REGIONS else k for k in ZOO_REGIONS],
+)
 def test_zoo_region_chunked_equals_unchunked(zoo, key):
     mod, args, cand = zoo(key)
     ref = run_on_vm(mod, args)

@@ -50,6 +50,7 @@ def test_gpt_attention_scores_chunked_over_queries(gpt_attention):
     _check_numerics(mod, args, candidates, chunk_units=5, rng=random.Random(0))
 
 
+@pytest.mark.slow  # 32 s; test_lowering's gpt-mlp region chunks it over the sequence
 def test_gpt_mlp_chunked_over_the_sequence():
     model, args = ac.models.gpt("tiny")  # the MLP hidden layer is the peak at this size
     mod = ac.from_torch(model, args)
@@ -58,6 +59,7 @@ def test_gpt_mlp_chunked_over_the_sequence():
     _check_numerics(mod, args, candidates, chunk_units=3, rng=random.Random(1))
 
 
+@pytest.mark.slow  # 30 s; test_lowering's evoformer-transition region lowers these rows
 def test_evoformer_transition_chunked_over_msa_rows_like_openfold():
     model, args = ac.models.evoformer("tiny")
     mod = ac.from_torch(model, args)
@@ -93,6 +95,7 @@ def test_reference_check_catches_an_illegal_chunk(gpt_attention):
         np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # 29 s; the corpus' OpenFold blocks chunk triangle attention in the suite
 def test_evoformer_triangle_attention_chunked_over_rows_like_openfold():
     model, args = ac.models.evoformer("tiny", n_res=32)  # triangle attention logits peak
     mod = ac.from_torch(model, args)
@@ -104,7 +107,7 @@ def test_evoformer_triangle_attention_chunked_over_rows_like_openfold():
     _check_numerics(mod, args, candidates, chunk_units=5, rng=random.Random(3), n=2)
 
 
-@pytest.mark.parametrize("name", ["vit", "unet"])
+@pytest.mark.parametrize("name", ["vit", pytest.param("unet", marks=pytest.mark.slow)])  # 48 s
 def test_vit_and_unet_candidates_are_exact(name):
     model, args = ac.models.FACTORIES[name]("tiny")
     mod = ac.from_torch(model, args)

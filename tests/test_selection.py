@@ -230,6 +230,7 @@ def test_tighter_budgets_chunk_more(gpt):
     assert peaks[1] <= 0.2 * est.estimate(()).peak
 
 
+@pytest.mark.slow  # 37 s; test_an_unreachable_budget_explains_its_floor covers the error
 def test_unreachable_budget_reports_the_smallest_peak(gpt):
     _, _, mod, est = gpt
     with pytest.raises(BudgetUnreachableError, match="smallest peak found") as info:
@@ -419,6 +420,7 @@ def test_build_rejects_what_is_not_a_module():
         ac.build(torch.nn.Linear(2, 2), "llvm", budget=0.5)
 
 
+@pytest.mark.slow  # 31 s: builds and times every plan that fits
 def test_tune_times_plans_on_the_cpu(gpt):
     _, _, mod, est = gpt
     with warnings.catch_warnings():

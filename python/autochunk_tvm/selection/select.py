@@ -733,7 +733,11 @@ def _select_at_the_bound(
     twin = AtTheBound(mod, func_name, dims)
     symbolic = PlanEstimator(twin.symbolic, target, func_name=func_name, bounds=dims.bounds)
     try:
-        found = _select(TwinEstimator(twin, symbolic), budget, search, began, admits=twin.admits)
+        # Its OverBudgetWarning (strict=False) waits until the second path has been tried.
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always", OverBudgetWarning)
+            estimator = TwinEstimator(twin, symbolic)
+            found = _select(estimator, budget, search, began, admits=twin.admits)
         unreachable = None
     except BudgetUnreachableError as err:
         found, unreachable = None, err
@@ -745,9 +749,11 @@ def _select_at_the_bound(
         # the symbolic build, is the second path; it is kept if that build fits the budget.
         other = _twin_path(twin, symbolic, budget, search, began)
         if other is not None:
-            found, unreachable = other, None
+            found, unreachable, held = other, None, []
     if unreachable is not None:
         raise unreachable
+    for caught in held:
+        warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
     steps = twin.steps(found.plan.steps)
     return dataclasses.replace(
         found,
