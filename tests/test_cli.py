@@ -30,6 +30,15 @@ def program(tmp_path_factory):
     return str(path), args
 
 
+def test_demo_runs_a_model_of_two_inputs(tmp_path, capsys):
+    """The Evoformer takes two tensors (the demo once assumed one, for --dynamic's sake)."""
+    argv = ["demo", "--model", "evoformer", "--preset", "tiny", "--budget", "0.9"]
+    code = cli.main([*argv, "--no-measure", "--plot", str(tmp_path / "p.png"), "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "outputs: max abs difference chunked vs unchunked" in captured.out
+
+
 def test_demo_compares_unchunked_and_chunked_builds(tmp_path, capsys):
     plot = tmp_path / "profile.png"
     code = cli.main(["demo", *GPT, "--budget", "0.5", "--repeats", "1", "--plot", str(plot)])

@@ -265,7 +265,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.dynamic and args.model != "gpt":
         raise CliError("--dynamic exports the built-in GPT with a dynamic length: use --model gpt")
     if args.dynamic:
-        overrides["mask_from_positions"] = 1  # what a dynamic export needs (models/gpt.py)
+        overrides["mask_from_positions"] = True  # what a dynamic export needs (models/gpt.py)
     progress = Progress(8 if args.measure else 6, args.quiet)
 
     how = " with a dynamic sequence length" if args.dynamic else ""
@@ -379,11 +379,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_lengths(dynamic: bool, inputs):
-    """The sequence lengths the demo runs at, and the model's inputs at a length: the built
-    length alone, or, for ``--dynamic``, 1/8, 1/2 and all of it (the bound)."""
+    """The sequence lengths the demo runs at, and the model's inputs at a length: for
+    ``--dynamic`` (the GPT's tokens), 1/8, 1/2 and all of the bound; otherwise the inputs as
+    built, under the one length ``None``."""
+    if not dynamic:
+        return [None], lambda n: inputs
     (tokens,) = inputs
     full = tokens.shape[1]
-    lengths = sorted({max(1, full // 8), max(1, full // 2), full}) if dynamic else [full]
+    lengths = sorted({max(1, full // 8), max(1, full // 2), full})
     return lengths, lambda n: (tokens[:, :n],)
 
 
