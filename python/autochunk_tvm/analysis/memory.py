@@ -31,7 +31,15 @@ from collections.abc import Mapping
 import tvm
 from tvm import relax, tirx
 
-from .sizes import SizeExpr, evaluate, free_vars, is_zero, type_bytes
+from .sizes import (
+    SizeExpr,
+    evaluate,
+    free_vars,
+    input_dims,
+    is_zero,
+    type_bytes,
+    upper_bounds,
+)
 from .sources import TorchSource, binding_sources, op_label, sources_table
 from .tir_workspace import workspace_bytes
 from .views import VIEW_OPS
@@ -383,13 +391,6 @@ def check_module(mod: object, func_name: str, caller: str) -> None:
         raise TypeError(f"{func_name!r} is a {type(mod[func_name]).__name__}, not a Relax function")
 
 
-def _default_bounds(func: relax.Function) -> dict[str, int]:
-    attrs = func.attrs
-    if attrs is None or "tir_var_upper_bound" not in attrs:
-        return {}
-    return {str(k): int(v) for k, v in attrs["tir_var_upper_bound"].items()}
-
-
 def _known_bytes(ty) -> SizeExpr:
     """:func:`type_bytes`, 0 when unknown (a symbolic size is kept: ``or`` would test it)."""
     size = type_bytes(ty)
@@ -614,7 +615,7 @@ def analyse_liveness(
     ``workspace`` maps PrimFunc names to their internal allocations; functions not in it get
     the :func:`~.tir_workspace.workspace_bytes` upper bound as one allocation.
     """
-    use_bounds = {**_default_bounds(func), **dict(bounds or {})}
+    use_bounds = {**upper_bounds(func), **dict(bounds or {})}
     bindings = flat_bindings(func)
     visitor = _LivenessVisitor(mod, func, use_bounds, workspace)
 
@@ -704,7 +705,7 @@ def _workspace_in_inner_variables(
     from .planned import as_target
     from .tir_workspace import lowered_workspace_allocations
 
-    outer = {v.name for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
+    outer = set(input_dims(func))
     inner = {
         gv: prim
         for gv, prim in mod.functions.items()

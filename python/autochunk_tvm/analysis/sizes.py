@@ -52,6 +52,19 @@ def symbolic_vars(ty) -> list[tirx.Var]:
     return list(relax.analysis.tir_vars_in_type(ty))
 
 
+def input_dims(func: relax.Function) -> dict[str, tirx.Var]:
+    """The shape variables of a Relax function's inputs, by name."""
+    return {v.name: v for p in func.params for v in symbolic_vars(p.ty)}
+
+
+def upper_bounds(func: relax.Function) -> dict[str, int]:
+    """The function's ``tir_var_upper_bound`` attribute, by shape variable name."""
+    attrs = func.attrs
+    if attrs is None or "tir_var_upper_bound" not in attrs:
+        return {}
+    return {str(k): int(v) for k, v in attrs["tir_var_upper_bound"].items()}
+
+
 def evaluate(size: SizeExpr, bounds: Mapping[str, int]) -> int:
     """Evaluate a byte-size expression with shape variables bound by name.
 

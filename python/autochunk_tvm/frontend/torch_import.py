@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import tvm
-from tvm import relax
 
 from .. import console
+from ..analysis.sizes import input_dims
 from .converters import CONVERTERS, keep_torch_dtype
 from .sources import SourceRecorder
 from .unsupported import UnsupportedOperatorError, converter_key, find_unsupported
@@ -298,7 +298,7 @@ def _dim_names(ep, model, dynamic_shapes) -> dict[str, str]:
 def _name_dims(mod: tvm.IRModule, names: Mapping[str, str]) -> tvm.IRModule:
     """``mod`` with the shape variables of ``main`` renamed (and its bound attributes)."""
     func = mod["main"]
-    present = {v.name: v for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
+    present = input_dims(func)
     names = {old: new for old, new in names.items() if old in present and old != new}
     if not names or len(set(names.values())) < len(names):
         return mod

@@ -18,15 +18,9 @@ from collections.abc import Mapping
 import tvm
 from tvm import relax, tirx
 
+from ..analysis.sizes import input_dims, upper_bounds
+
 GUARD = "_within_bounds"
-
-
-def own_bounds(func: relax.Function) -> dict[str, int]:
-    """The function's ``tir_var_upper_bound``, by dim name."""
-    attrs = func.attrs
-    if attrs is None or "tir_var_upper_bound" not in attrs:
-        return {}
-    return {str(k): int(v) for k, v in attrs["tir_var_upper_bound"].items()}
 
 
 def _replaced(mod: tvm.IRModule, func_name: str, func: relax.Function) -> tvm.IRModule:
@@ -39,7 +33,7 @@ def with_bounds(mod: tvm.IRModule, func_name: str, bounds: Mapping[str, int]) ->
     """``mod`` whose function states ``bounds`` as its ``tir_var_upper_bound`` (merged with the
     bounds it states already); ``mod`` itself when it states them all."""
     func = mod[func_name]
-    own = own_bounds(func)
+    own = upper_bounds(func)
     if all(own.get(k) == int(v) for k, v in bounds.items()):
         return mod
     merged = {**own, **{k: int(v) for k, v in bounds.items()}}
@@ -56,7 +50,7 @@ def guard_bounds(mod: tvm.IRModule, func_name: str, bounds: Mapping[str, int]) -
     load a module that uses it; compiled asserts run anywhere, on every target.
     """
     func = mod[func_name]
-    dims = {v.name: v for p in func.params for v in relax.analysis.tir_vars_in_type(p.ty)}
+    dims = input_dims(func)
     checks = [(dims[name], int(bound)) for name, bound in sorted(bounds.items()) if name in dims]
     body = func.body
     if not checks or not isinstance(body, relax.SeqExpr):

@@ -775,7 +775,8 @@ def _twin_path(
 ) -> Selection | None:
     """The static twin's own selection, with the symbolic build's estimate of its plan; None
     when that build does not fit the budget (NOTE [the twin's own path])."""
-    limit = parse_budget(budget, symbolic.estimate(()).peak)
+    baseline = symbolic.estimate(())
+    limit = parse_budget(budget, baseline.peak)
     static = PlanEstimator(twin.static, symbolic.target, func_name=twin.func_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OverBudgetWarning)
@@ -788,11 +789,11 @@ def _twin_path(
     return dataclasses.replace(
         found,
         plan=dataclasses.replace(found.plan, estimated_peak=estimate.peak),
-        unchunked_peak=symbolic.estimate(()).peak,
+        unchunked_peak=baseline.peak,
         reached=True,
         evaluated=found.evaluated + symbolic.evaluated,
         estimate=dataclasses.replace(estimate, steps=found.plan.steps),
-        baseline=symbolic.estimate(()),
+        baseline=baseline,
     )
 
 

@@ -28,9 +28,10 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from ..analysis.sizes import symbolic_vars
+from ..analysis.sizes import input_dims, upper_bounds
 from ..lowering import ChunkStep
-from ..lowering.bounds import own_bounds, with_bounds
+from ..lowering.bounds import with_bounds
+from ..lowering.plan import ordered_steps
 from ..search.candidate import CantChunk, ChunkCandidate
 from ..search.flow import flat_bindings, last_uses, trace_region
 
@@ -85,10 +86,10 @@ def symbolic_dims(
     UnboundedShapeError
         When a symbolic dim has neither a ``tir_var_upper_bound`` nor an entry in ``bounds``.
     """
-    names = sorted({v.name for p in func.params for v in symbolic_vars(p.ty)})
+    names = sorted(input_dims(func))
     if not names:
         return None
-    own = own_bounds(func)
+    own = upper_bounds(func)
     given = {str(k): int(v) for k, v in (bounds or {}).items()}
     merged = {**own, **given}
     missing = [n for n in names if n not in merged]
@@ -198,11 +199,7 @@ class TwinEstimator:
         """The symbolic build's estimate at the bound, for the twin's ``steps`` (and keyed by
         them)."""
         found = self.symbolic.estimate(self.twin.steps(steps))
-        return dataclasses.replace(found, steps=tuple(sorted(steps, key=_start)))
+        return dataclasses.replace(found, steps=ordered_steps(steps))
 
     def lower(self, steps: tuple[ChunkStep, ...]) -> tvm.IRModule:
         return self.symbolic.lower(self.twin.steps(steps))
-
-
-def _start(step: ChunkStep) -> int:
-    return step.candidate.start
