@@ -2,6 +2,7 @@
 
     python benchmarks/real_models.py                 # every corpus model (about an hour, 2 cores)
     python benchmarks/real_models.py --only gpt2 llama --merge   # re-run some, keep the rest
+    python benchmarks/real_models.py --cuda-only     # re-run only the CUDA column, keep the rest
 
 Per model (built from its library's config, random weights; ``autochunk_tvm.models.corpus``):
 the unchunked build's measured peak and its static prediction; the floor (the smallest peak
@@ -26,7 +27,7 @@ import autochunk_tvm as ac  # noqa: E402
 import tvm  # noqa: E402
 from autochunk_tvm.analysis.planned import as_target  # noqa: E402
 from autochunk_tvm.models.corpus import CORPUS, corpus_model, missing_library  # noqa: E402
-from common import MIB, RESULTS, Subject, meta, write  # noqa: E402
+from common import MIB, RESULTS, Subject, meta, revision, write  # noqa: E402
 
 # Sizes at which each entry's unchunked activations exceed 64 MiB (test sizes are 3-100 MiB).
 SIZES: dict[str, dict] = {
@@ -77,16 +78,22 @@ def run_model(name: str, repeats: int) -> dict:
             f"error {entry['max_abs_error']:.2g}",
             flush=True,
         )
+    row["cuda_at_30"] = cuda_at_30(name, subject.mod, subject.args)
+    return row
+
+
+def cuda_at_30(name: str, mod, args) -> dict:
+    """The CUDA static estimate at 30% and its selection time (nothing is run)."""
     began = time.perf_counter()
-    cuda = Subject(name, subject.mod, subject.args, as_target("cuda"), None).select(0.3)
-    row["cuda_at_30"] = {
+    cuda = Subject(name, mod, args, as_target("cuda"), None).select(0.3)
+    return {
         "reached": cuda.reached,
         "unchunked_estimate": cuda.unchunked_peak,
         "estimated_peak": cuda.plan.estimated_peak,
         "estimated_fraction": cuda.plan.estimated_peak / cuda.unchunked_peak,
         "selection_seconds": round(time.perf_counter() - began, 1),
+        "run": revision(),
     }
-    return row
 
 
 def _cell(entry: dict) -> str:
@@ -107,6 +114,12 @@ def table(rows: list[dict]) -> list[str]:
         "max error | CUDA at 30% | selection (llvm 30%, CUDA) |",
         "|---|---|---:|---:|---:|---|---|---:|---|---:|",
     ]
+    cuda_runs = sorted({r["cuda_at_30"].get("run", "") for r in rows} - {""})
+    if cuda_runs:
+        lines[2] += (
+            f" The CUDA column was last re-run on {', '.join(cuda_runs)} "
+            "(`python benchmarks/real_models.py --cuda-only`)."
+        )
     for r in rows:
         size = ", ".join(f"{k} {v}" for k, v in r["size"].items())
         half, third, cuda = r["at_50"], r["at_30"], r["cuda_at_30"]
@@ -130,23 +143,45 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="corpus entries to run")
     parser.add_argument("--merge", action="store_true", help="keep other rows of the JSON")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--cuda-only",
+        action="store_true",
+        help="re-run only the CUDA static estimate of each model, keeping its CPU columns",
+    )
     opts = parser.parse_args(argv)
     opts.target, opts.preset = "llvm", "small"
     began = time.time()
     path = os.path.join(RESULTS, "real_models.json")
     rows: dict[str, dict] = {}
-    if opts.merge and os.path.exists(path):
+    kept_meta = None
+    if (opts.merge or opts.cuda_only) and os.path.exists(path):
         with open(path) as f:
-            rows = {r["model"]: r for r in json.load(f)["rows"]}
+            kept = json.load(f)
+        rows = {r["model"]: r for r in kept["rows"]}
+        kept_meta = kept["meta"] if opts.cuda_only else None  # the CPU columns' run
     for name in opts.only or list(CORPUS):
         missing = missing_library(name)
         if missing is not None:
             print(f"{name}: skipped, {missing} is not installed", flush=True)
             continue
         print(f"{name} {SIZES[name]}", flush=True)
-        rows[name] = run_model(name, opts.repeats)
+        if opts.cuda_only:
+            if name not in rows:
+                print(f"{name}: skipped, it has no CPU row to add the CUDA column to", flush=True)
+                continue
+            model, args = corpus_model(name, **SIZES[name])
+            rows[name]["cuda_at_30"] = cuda_at_30(name, ac.from_torch(model, args), tuple(args))
+            cuda = rows[name]["cuda_at_30"]
+            print(
+                f"  {name} CUDA at 30%: {'met' if cuda['reached'] else 'NOT met'}, "
+                f"{cuda['estimated_fraction']:.1%}, {cuda['selection_seconds']:.0f} s",
+                flush=True,
+            )
+        else:
+            rows[name] = run_model(name, opts.repeats)
         ordered = [rows[n] for n in CORPUS if n in rows]
-        write("real_models", meta("real_models.py", opts, began, argv), ordered, table(ordered))
+        info = kept_meta or meta("real_models.py", opts, began, argv)
+        write("real_models", info, ordered, table(ordered))
     return 0
 
 

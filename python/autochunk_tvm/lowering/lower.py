@@ -32,7 +32,7 @@ from ..analysis.sources import (
     sources_table,
 )
 from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
-from ..search.flow import flat_bindings, trace_region
+from ..search.flow import flat_bindings, last_uses, trace_region
 from ..search.rewrite import substitute
 from .composite import CompositeBuilder, Variant
 from .plan import ChunkPlan, ChunkPlanError, ChunkStep, ordered_steps
@@ -81,6 +81,7 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
     taken: dict[str, list[tuple[int, int]]] = {}
     names = {gv.name_hint for gv in mod.get_global_vars()}
     bindings_of: dict[str, list] = {}
+    last_use_of: dict[str, dict] = {}  # per function, computed once: a deep plan has 100s of steps
     for number, step in enumerate(plan.steps):
         cand = step.candidate
         where = f"plan step {number} ({cand.function}[{cand.start}:{cand.end}])"
@@ -104,7 +105,9 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
                 "the plan was made for another module (search again on this one)"
             )
         if traced is None or cand not in traced:
-            _check_flow(func, cand, bindings, where)
+            if cand.function not in last_use_of:
+                last_use_of[cand.function] = last_uses(func)
+            _check_flow(func, cand, bindings, last_use_of[cand.function], where)
             if traced is not None:
                 traced.add(cand)
         extent = cand.extent
@@ -118,7 +121,7 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
         taken.setdefault(cand.function, []).append((cand.start, cand.end))
 
 
-def _check_flow(func, cand: ChunkCandidate, bindings, where: str) -> None:
+def _check_flow(func, cand: ChunkCandidate, bindings, last_use, where: str) -> None:
     try:
         traced = trace_region(
             func,
@@ -126,6 +129,7 @@ def _check_flow(func, cand: ChunkCandidate, bindings, where: str) -> None:
             cand.end,
             {name: axis.axis for name, axis in cand.outputs},
             function_name=cand.function,
+            last_use=last_use,
             bindings=bindings,
         )
     except CantChunk as err:
@@ -157,9 +161,10 @@ def lower_chunk_plan(
     lowers many plans that share steps.
 
     ``legalized``: ``mod`` after ``LegalizeOps`` for ``target``, with every binding's
-    variable kept, in order (helper bindings may come between). The composites are then spliced into its functions, and the result is
-    the legalized form of the chunked module, without legalizing the whole module again (what
-    selection's memory estimates need, many times over).
+    variable kept, in order (helper bindings may come between). The composites are then
+    spliced into its functions, and the result is the legalized form of the chunked module,
+    without legalizing the whole module again (what selection's memory estimates need, many
+    times over).
     """
     tgt = as_target(target)
     validate_plan(mod, plan, None if cache is None else cache.traced)

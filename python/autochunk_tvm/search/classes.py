@@ -53,6 +53,7 @@ class ClassFinder:
         self.bindings = flat_bindings(func)
         self.last_use = last_uses(func)
         index = {b.var: i for i, b in enumerate(self.bindings)}
+        self.position = index  # binding variable -> its index
         self._at = {b.var.name: i for i, b in enumerate(self.bindings)}
         self._classes: dict[ChunkCandidate, RegionClass] = {}
         described = [_describe(b, index) for b in self.bindings]
@@ -99,6 +100,14 @@ class ClassFinder:
             )
             out.append((self.keys[i], rel))
         return tuple(out)
+
+    def twin_at(self, cand: ChunkCandidate, start: int) -> ChunkCandidate | None:
+        """The region of this function at ``start`` as long as ``cand`` (of this function or
+        of one alike, such as a shallow twin's), traced afresh, if it is chunked as ``cand``
+        is; else None."""
+        if start + cand.end - cand.start >= len(self.bindings):
+            return None
+        return self._trace_twin(cand, start)
 
     def _trace_twin(self, cand: ChunkCandidate, start: int) -> ChunkCandidate | None:
         end = start + cand.end - cand.start

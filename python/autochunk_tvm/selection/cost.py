@@ -112,9 +112,9 @@ def step_features(
         for b in inside
         if not is_view(b) and axes[b.var.name].chunked and chunk_len * axes[b.var.name].scale == 1
     )
-    by_name = {p.name: p for p in func.params} | {b.var.name: b.var for b in bindings}
-    io_elements, row_bytes = 0, None
     views = list(candidate.inputs) + list(candidate.outputs)
+    by_name = _variables_named({name for name, _ in views}, func, bindings[: candidate.end + 1])
+    io_elements, row_bytes = 0, None
     for name, axis in views:
         var = by_name.get(name)
         if var is None or not axis.chunked or not isinstance(var.ty, relax.TensorType):
@@ -130,6 +130,24 @@ def step_features(
         row_bytes = row if row_bytes is None else min(row_bytes, row)
     n_chunks = -(-candidate.extent // chunk_len)
     return StepFeatures(n_chunks, nodes, flops, io_elements, row_bytes or 1, totals, collapsed)
+
+
+def _variables_named(
+    names: set[str], func: relax.Function, bindings: list[relax.Binding]
+) -> dict[str, relax.Var]:
+    """The variables called ``names``: the latest binding of each in ``bindings`` (searched
+    backwards, so a region's inputs, read near it, are found without walking a deep model),
+    else a parameter."""
+    found: dict[str, relax.Var] = {}
+    for binding in reversed(bindings):
+        name = binding.var.name
+        if name in names and name not in found:
+            found[name] = binding.var
+            if len(found) == len(names):
+                return found
+    for param in func.params:
+        found.setdefault(param.name, param)
+    return found
 
 
 def _static_shape(ty: relax.TensorType, bounds) -> list[int] | None:

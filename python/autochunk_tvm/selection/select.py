@@ -53,6 +53,7 @@ from .budget import BudgetUnreachableError, OverBudgetWarning, parse_budget
 from .cost import CostModel, ModelTotals, step_features
 from .estimate import PlanEstimate, PlanEstimator
 from .peak import account_for_peak
+from .shallow import ShallowTwin, TwinDepth, find_repeats
 from .symbolic import AtTheBound, SymbolicDims, TwinEstimator, symbolic_dims
 
 logger = logging.getLogger("autochunk_tvm")
@@ -95,6 +96,10 @@ class Selection:
         For a symbolic function, the plan's steps as found on its static twin at the bounds:
         the same regions and chunk lengths, with the extents (and chunk counts) at the bounds.
         Empty for static shapes.
+    selected_on
+        Where the function repeats a block, the shallow twin the plan was selected on (how
+        many repeats it kept); the plan and its estimate are the whole function's (NOTE
+        [shallow twin], selection/shallow.py). None when selected on the whole function.
     """
 
     plan: ChunkPlan
@@ -109,6 +114,7 @@ class Selection:
     bounds: Mapping[str, int] = dataclasses.field(default_factory=dict)
     bounds_given: Mapping[str, int] = dataclasses.field(default_factory=dict)
     steps_at_bounds: tuple[ChunkStep, ...] = ()
+    selected_on: TwinDepth | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -609,7 +615,7 @@ def select_plan(
             )
         return _select_at_the_bound(mod, budget, target, func_name, dims, search, began)
     est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
-    return _select(est, budget, search, began)
+    return _select_deep(est, budget, search, began)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -711,6 +717,105 @@ def _select(
         raise BudgetUnreachableError(f"{message}.\n{why}", floor, limit)
     warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=3)
     return _selection(chosen, selector, limit, baseline, est, began, reached=False)
+
+
+def _select_deep(
+    est: PlanEstimator, budget: int | float | str, search: _Search, began: float
+) -> Selection:
+    """Selection on a shallow twin where the function repeats a block, with the plan estimated
+    on the whole function; else (or when that plan does not fit it) on the whole function
+    (NOTE [shallow twin], selection/shallow.py)."""
+    baseline = est.estimate(())
+    _check_sized(baseline, est.func_name)
+    limit = parse_budget(budget, baseline.peak)
+    if search.tune or baseline.peak <= limit:
+        return _select(est, budget, search, began)
+    found = _shallow_twin(est, baseline)
+    if found is None:
+        return _select(est, budget, search, began)
+    twin, twin_est, probes = found
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OverBudgetWarning)
+        on_twin = _select(twin_est, limit, dataclasses.replace(search, strict=False), began)
+    why = "its plan does not fit the budget there"
+    if on_twin.reached:
+        steps = twin.whole_steps(on_twin.plan.steps)
+        estimate = None
+        if steps is None:
+            why = "its plan does not carry over to every repeat"
+        else:
+            try:
+                estimate = est.estimate(steps)
+            except (LoweringError, ChunkPlanError, tvm.error.InternalError) as err:
+                why = f"its plan does not lower on the whole function ({err})"
+        if estimate is not None and estimate.peak <= limit:
+            logger.info(
+                "select: selected on %d of %d repeated blocks; on the whole function the plan "
+                "peaks at %.1f MiB (budget %.1f MiB)",
+                twin.kept,
+                twin.repeats.count,
+                estimate.peak / 2**20,
+                limit / 2**20,
+            )
+            costs = _step_costs(est, steps, search.cost_model)
+            return Selection(
+                plan=ChunkPlan(steps, estimate.peak, 1.0 + sum(costs)),
+                budget=limit,
+                unchunked_peak=baseline.peak,
+                reached=True,
+                step_costs=costs,
+                evaluated=twin_est.evaluated + probes + est.evaluated,
+                seconds=time.perf_counter() - began,
+                estimate=estimate,
+                baseline=baseline,
+                selected_on=twin.depth,
+            )
+        if estimate is not None:
+            why = f"its plan peaks at {estimate.peak / 2**20:.1f} MiB on the whole function"
+    logger.info(
+        "select: the shallow twin (%d of %d repeated blocks) did not give a plan: %s; "
+        "selecting on the whole function",
+        twin.kept,
+        twin.repeats.count,
+        why,
+    )
+    return _select(est, budget, search, began)
+
+
+def _shallow_twin(
+    est: PlanEstimator, baseline: PlanEstimate
+) -> tuple[ShallowTwin, PlanEstimator, int] | None:
+    """The shallowest twin of ``est``'s function whose unchunked peak is the function's, its
+    estimator, and the number of twins estimated to find it; None if none is."""
+    classes = ClassFinder(est.func, est.func_name)
+    repeats = find_repeats(classes)
+    if repeats is None:
+        return None
+    probes = 0
+    for kept in ShallowTwin.candidates(repeats.count):
+        twin = ShallowTwin(est.mod, est.func_name, classes, repeats, kept)
+        if twin.mod is None:
+            logger.info("select: the function reads its repeated blocks out of order, no twin")
+            return None
+        twin_est = PlanEstimator(twin.mod, est.target, func_name=est.func_name, bounds=est.bounds)
+        probes += 1
+        if twin_est.estimate(()).peak == baseline.peak:
+            return twin, twin_est, probes - 1  # the twin's own baseline counts in its estimator
+    logger.info(
+        "select: no twin of %d blocks or fewer peaks as the whole function does",
+        max(ShallowTwin.candidates(repeats.count), default=0),
+    )
+    return None
+
+
+def _step_costs(est: PlanEstimator, steps, cost_model: CostModel) -> tuple[float, ...]:
+    totals = ModelTotals.of(est.func, est.bounds)
+    return tuple(
+        cost_model.step_cost(
+            step_features(est.func, s.candidate, s.chunk_len, totals, est.bindings, est.bounds)
+        )
+        for s in steps
+    )
 
 
 def _select_at_the_bound(

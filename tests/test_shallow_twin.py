@@ -1,0 +1,190 @@
+"""Shallow twins (selection/shallow.py): a deep function's repeated block is found, the twin
+keeps a few repeats and rewires what follows, a plan found on the twin carries over to every
+repeat, and select_plan uses it with the whole function's estimate deciding."""
+
+import tvm
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+import autochunk_tvm as ac
+from autochunk_tvm.lowering import ChunkStep
+from autochunk_tvm.search import flat_bindings, trace_region
+from autochunk_tvm.search.classes import ClassFinder
+from autochunk_tvm.selection import PlanEstimator, select_plan
+from autochunk_tvm.selection.shallow import Repeats, ShallowTwin, find_repeats
+
+
+@I.ir_module
+class Stack:
+    @R.function
+    def main(x: R.Tensor((256, 16), "float32")):
+        with R.dataflow():
+            h = R.multiply(x, R.const(0.5, "float32"))
+            # five alike blocks, each reading the one before
+            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
+            p1 = R.nn.softmax(s1, axis=-1)
+            o1 = R.matmul(p1, h)
+            y1 = R.add(o1, h)
+            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
+            p2 = R.nn.softmax(s2, axis=-1)
+            o2 = R.matmul(p2, y1)
+            y2 = R.add(o2, y1)
+            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
+            p3 = R.nn.softmax(s3, axis=-1)
+            o3 = R.matmul(p3, y2)
+            y3 = R.add(o3, y2)
+            s4 = R.matmul(y3, R.permute_dims(y3, [1, 0]))
+            p4 = R.nn.softmax(s4, axis=-1)
+            o4 = R.matmul(p4, y3)
+            y4 = R.add(o4, y3)
+            s5 = R.matmul(y4, R.permute_dims(y4, [1, 0]))
+            p5 = R.nn.softmax(s5, axis=-1)
+            o5 = R.matmul(p5, y4)
+            y5 = R.add(o5, y4)
+            # the head
+            t = R.sum(y5, axis=[1])
+            R.output(t)
+        return t
+
+
+@I.ir_module
+class Skip:
+    """The same stack, but the head also reads the second block's output: a twin keeping two
+    blocks has it; one keeping fewer repeats than the head reaches back would not."""
+
+    @R.function
+    def main(x: R.Tensor((256, 16), "float32")):
+        with R.dataflow():
+            h = R.multiply(x, R.const(0.5, "float32"))
+            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
+            p1 = R.nn.softmax(s1, axis=-1)
+            o1 = R.matmul(p1, h)
+            y1 = R.add(o1, h)
+            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
+            p2 = R.nn.softmax(s2, axis=-1)
+            o2 = R.matmul(p2, y1)
+            y2 = R.add(o2, y1)
+            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
+            p3 = R.nn.softmax(s3, axis=-1)
+            o3 = R.matmul(p3, y2)
+            y3 = R.add(o3, y2)
+            s4 = R.matmul(y3, R.permute_dims(y3, [1, 0]))
+            p4 = R.nn.softmax(s4, axis=-1)
+            o4 = R.matmul(p4, y3)
+            y4 = R.add(o4, y3)
+            s5 = R.matmul(y4, R.permute_dims(y4, [1, 0]))
+            p5 = R.nn.softmax(s5, axis=-1)
+            o5 = R.matmul(p5, y4)
+            y5 = R.add(o5, y4)
+            t = R.add(y5, y3)  # reads the third block's output: dropped by a 2-block twin
+            R.output(t)
+        return t
+
+
+def _names(func):
+    return [b.var.name for b in flat_bindings(func)]
+
+
+def test_the_repeated_block_is_found():
+    func = Stack["main"]
+    reps = find_repeats(ClassFinder(func))
+    names = _names(func)
+    assert reps is not None and reps.count == 5
+    assert reps.period == names.index("y2") - names.index("y1")  # one block
+    assert reps.start <= names.index("s1") < reps.start + reps.period
+    assert [reps.repeat_of(names.index(f"s{k}")) for k in range(1, 6)] == [0, 1, 2, 3, 4]
+    assert reps.repeat_of(names.index("h")) is None
+    assert reps.repeat_of(names.index("t")) is None
+
+
+def test_a_block_unlike_the_others_ends_the_repeats():
+    """Three alike blocks then one at another shape: only the first three repeat."""
+
+    @R.function
+    def uneven(x: R.Tensor((256, 16), "float32"), z: R.Tensor((128, 16), "float32")):
+        with R.dataflow():
+            h = R.multiply(x, R.const(0.5, "float32"))
+            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
+            p1 = R.nn.softmax(s1, axis=-1)
+            y1 = R.matmul(p1, h)
+            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
+            p2 = R.nn.softmax(s2, axis=-1)
+            y2 = R.matmul(p2, y1)
+            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
+            p3 = R.nn.softmax(s3, axis=-1)
+            y3 = R.matmul(p3, y2)
+            s4 = R.matmul(z, R.permute_dims(z, [1, 0]))
+            p4 = R.nn.softmax(s4, axis=-1)
+            y4 = R.matmul(p4, z)
+            out = (y3, y4)
+            R.output(out)
+        return out
+
+    reps = find_repeats(ClassFinder(uneven))
+    assert reps is not None and reps.count == 3
+    names = _names(uneven)
+    assert reps.end <= names.index("s4") + 1
+    assert find_repeats(ClassFinder(uneven), min_count=4) is None
+
+
+def test_the_twin_keeps_the_first_repeats_and_reads_the_last_kept_one():
+    func = Stack["main"]
+    classes = ClassFinder(func)
+    reps = find_repeats(classes)
+    twin = ShallowTwin(Stack, "main", classes, reps, kept=2)
+    names = _names(twin.mod["main"])
+    assert len(names) == len(_names(func)) - 3 * reps.period
+    # the head's reads of the last block now read the last kept one, under the same names
+    t = flat_bindings(twin.mod["main"])[-1]
+    assert t.var.name == "t"
+    (read,) = tvm.relax.analysis.free_vars(t.value)
+    assert read.name == names[names.index("t") - 1]
+    assert twin.whole_index(names.index("t")) == _names(func).index("t")
+    assert twin.whole_index(names.index("h")) == _names(func).index("h")
+
+
+def test_a_head_reading_a_dropped_repeat_has_no_twin():
+    classes = ClassFinder(Skip["main"])
+    reps = find_repeats(classes)
+    assert reps is not None and reps.count >= 4
+    assert ShallowTwin(Skip, "main", classes, reps, kept=2).mod is None
+
+
+def test_a_plan_on_the_twin_maps_to_every_repeat():
+    """A region chunked in each repeat of a 2-repeat twin is chunked in all five blocks of the
+    whole function, traced there with the twin's flow."""
+    func = Stack["main"]
+    classes = ClassFinder(func)
+    reps = find_repeats(classes)
+    twin = ShallowTwin(Stack, "main", classes, reps, kept=2)
+    tfunc = twin.mod["main"]
+    tnames = _names(tfunc)
+    steps = []
+    for k in (1, 2):  # the softmax and the matmul after it, in each kept repeat
+        first = tnames.index(f"p{k}")
+        region = trace_region(tfunc, first, first + 1, {f"o{k}": 0})
+        steps.append(ChunkStep(region, 32))
+    whole = twin.whole_steps(steps)
+    assert whole is not None and len(whole) == reps.count
+    names = _names(func)
+    assert [names[s.candidate.start] for s in whole] == [f"p{k}" for k in range(1, 6)]
+    for step in whole:
+        assert [a for _, a in step.candidate.bindings] == [
+            a for _, a in steps[0].candidate.bindings
+        ]
+        assert step.chunk_len == 32
+
+
+def test_deep_selection_runs_on_a_twin_and_is_estimated_on_the_whole():
+    """A six-layer GPT: selected on a twin of fewer layers, one region per layer, and the
+    estimate reported is the whole function's (a fresh estimator agrees)."""
+    model, args = ac.models.gpt("small", n_layer=6, seq_len=512, n_embd=64)
+    mod = ac.from_torch(model, args)
+    sel = select_plan(mod, 0.3, "llvm")
+    assert sel.reached and sel.selected_on is not None
+    assert isinstance(sel.selected_on.repeats, Repeats)
+    assert sel.selected_on.kept < sel.selected_on.repeats.count
+    assert len(sel.plan.steps) % 6 == 0
+    fresh = PlanEstimator(mod, "llvm")
+    assert fresh.estimate(sel.plan.steps).peak == sel.plan.estimated_peak <= sel.budget
+    assert sel.unchunked_peak == fresh.estimate(()).peak
