@@ -26,6 +26,7 @@ by during one call, which :func:`autochunk_tvm.measure_peak_memory` measures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,8 +71,6 @@ class StaticAllocation:
         Sum of the storages ``StaticPlanBlockMemory`` planned (before allocator rounding/reuse).
     peak_binding
         Binding of the lowered function at which ``peak_bytes`` is reached.
-    profile
-        Liveness profile of the lowered function (its storages are the planned ones).
     target
         The target it was lowered for.
     bindings
@@ -89,13 +88,25 @@ class StaticAllocation:
     output_bytes: int
     planned_bytes: int
     peak_binding: str
-    profile: MemoryProfile
     target: str
     bindings: tuple[str, ...] = ()
     footprint: tuple[int, ...] = ()
     storage_tensors: Mapping[int, tuple[tuple[int, int], ...]] = dataclasses.field(
         default_factory=dict
     )
+    liveness: Liveness | None = dataclasses.field(default=None, repr=False, compare=False)
+    function: str = "main"
+
+    @functools.cached_property
+    def profile(self) -> MemoryProfile:
+        """Liveness profile of the lowered function (its storages are the planned ones).
+        Made when first read: selection estimates hundreds of plans and reads it of few."""
+        return profile_from_liveness(self.function, self.liveness)
+
+    @property
+    def unsized(self) -> tuple[str, ...]:
+        """Tensors of the lowered function whose size is not known (counted as 0 bytes)."""
+        return tuple(self.liveness.unsized) if self.liveness is not None else ()
 
 
 def memory_plan_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
@@ -416,7 +427,6 @@ def allocation_of_planned(
             size = _round_page(live.sizes[s])
             free_pool[size] = free_pool.get(size, 0) + 1
 
-    profile = profile_from_liveness(func_name, live)
     planned = sum(
         live.sizes[s]
         for s, st in enumerate(live.storages)
@@ -427,14 +437,17 @@ def allocation_of_planned(
         peak_bytes=peak,
         pool_bytes=pool_total,
         workspace_bytes=max(live.workspaces, default=0),
-        output_bytes=profile.output_bytes,
+        output_bytes=sum(
+            live.sizes[s] for s, st in enumerate(live.storages) if st.kind is StorageKind.OUTPUT
+        ),
         planned_bytes=planned,
         peak_binding=live.bindings[peak_index].var.name if peak_index >= 0 else "",
-        profile=profile,
         target=str(tgt.kind.name),
         bindings=tuple(b.var.name for b in live.bindings),
         footprint=tuple(footprint),
         storage_tensors=_storage_tensors(live.bindings),
+        liveness=live,
+        function=func_name,
     )
 
 

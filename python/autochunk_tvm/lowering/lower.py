@@ -387,7 +387,7 @@ def _rewrite(
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
             with bb.dataflow() if dataflow else contextlib.nullcontext():
-                for binding in block.bindings:
+                for binding in block.bindings[:]:
                     index = owner[position]
                     position += 1
                     if index in at_start and index not in emitted:

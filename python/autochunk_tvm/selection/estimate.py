@@ -217,7 +217,7 @@ class PlanEstimator:
         blocks = []
         for block in func.body.blocks:
             bindings = []
-            for binding in block.bindings:
+            for binding in block.bindings[:]:
                 if not isinstance(binding, relax.VarBinding):
                     return fused  # a match-cast: leave the names as they are
                 var, value = binding.var, binding.value

@@ -634,7 +634,7 @@ class _Search:
 
 
 def _check_sized(baseline: PlanEstimate, func_name: str) -> None:
-    unsized = baseline.allocation.profile.unsized
+    unsized = baseline.allocation.unsized
     if unsized:
         raise ValueError(
             f"{func_name} has tensors of unknown shape ({', '.join(unsized[:5])}"
