@@ -2,6 +2,7 @@
 keeps a few repeats and rewires what follows, a plan found on the twin carries over to every
 repeat, and select_plan uses it with the whole function's estimate deciding."""
 
+import pytest
 import tvm
 from tvm.script import ir as I
 from tvm.script import relax as R
@@ -10,7 +11,12 @@ import autochunk_tvm as ac
 from autochunk_tvm.lowering import ChunkStep
 from autochunk_tvm.search import flat_bindings, trace_region
 from autochunk_tvm.search.classes import ClassFinder
-from autochunk_tvm.selection import PlanEstimator, select_plan
+from autochunk_tvm.selection import (
+    BudgetUnreachableError,
+    OverBudgetWarning,
+    PlanEstimator,
+    select_plan,
+)
 from autochunk_tvm.selection.shallow import Repeats, ShallowTwin, find_repeats
 
 
@@ -188,3 +194,31 @@ def test_deep_selection_runs_on_a_twin_and_is_estimated_on_the_whole():
     fresh = PlanEstimator(mod, "llvm")
     assert fresh.estimate(sel.plan.steps).peak == sel.plan.estimated_peak <= sel.budget
     assert sel.unchunked_peak == fresh.estimate(()).peak
+
+
+def test_an_unreachable_budget_is_confirmed_on_the_whole_function():
+    """Nothing fits a 1-byte budget: the twin's smallest peaks are checked on the whole
+    function, which reports them (strict=False builds that plan, strict raises)."""
+    model, args = ac.models.gpt("small", n_layer=6, seq_len=512, n_embd=64)
+    mod = ac.from_torch(model, args)
+    est = PlanEstimator(mod, "llvm")
+    with pytest.warns(OverBudgetWarning):
+        sel = select_plan(mod, 1, "llvm", strict=False, estimator=est)
+    assert not sel.reached and sel.selected_on is not None
+    assert len(sel.plan.steps) >= 6  # every layer, and regions outside them
+    assert PlanEstimator(mod, "llvm").estimate(sel.plan.steps).peak == sel.plan.estimated_peak
+    with pytest.raises(BudgetUnreachableError) as err:
+        select_plan(mod, 1, "llvm", estimator=est)
+    assert err.value.smallest_peak >= sel.plan.estimated_peak
+    assert err.value.smallest_peak < sel.unchunked_peak
+
+
+def test_a_plan_that_does_not_carry_over_is_selected_on_the_whole_function(monkeypatch, caplog):
+    """When the twin's plan cannot be mapped, selection says so and runs on the whole."""
+    model, args = ac.models.gpt("small", n_layer=4, seq_len=512, n_embd=64)
+    mod = ac.from_torch(model, args)
+    monkeypatch.setattr(ShallowTwin, "whole_steps", lambda self, steps: None)
+    with caplog.at_level("INFO", logger="autochunk_tvm"):
+        sel = select_plan(mod, 0.3, "llvm")
+    assert sel.reached and sel.selected_on is None
+    assert "does not carry over to every repeat; selecting on the whole function" in caplog.text

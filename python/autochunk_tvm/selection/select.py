@@ -644,6 +644,18 @@ def _check_sized(baseline: PlanEstimate, func_name: str) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """What the search of one function found, before it is reported (:func:`_report`)."""
+
+    chosen: _State  # the plan to build: relaxed if it fits, else the lowest peak found
+    floor: _State | None  # when nothing fits: the least-memory search's plan
+    reached: bool
+    limit: int
+    baseline: PlanEstimate
+    costs: Callable[[tuple[ChunkStep, ...]], tuple[float, ...]]  # per step, by the cost model
+
+
 def _select(
     est: PlanEstimator,
     budget: int | float | str,
@@ -652,13 +664,22 @@ def _select(
     admits: Callable[[ChunkCandidate], bool] | None = None,
 ) -> Selection:
     """Selection on a function of static shapes; ``admits`` restricts the regions tried."""
-    beam_width, max_stages, strict = search.beam_width, search.max_stages, search.strict
+    return _report(_search(est, budget, search, admits), est, search, began)
+
+
+def _search(
+    est: PlanEstimator,
+    budget: int | float | str,
+    search: _Search,
+    admits: Callable[[ChunkCandidate], bool] | None = None,
+) -> _Found:
+    beam_width, max_stages = search.beam_width, search.max_stages
     baseline = est.estimate(())
     _check_sized(baseline, est.func_name)
     limit = parse_budget(budget, baseline.peak)
     root = _State((), baseline)
     if baseline.peak <= limit:
-        return _selection(root, [], limit, baseline, est, began, reached=True)
+        return _Found(root, None, True, limit, baseline, lambda steps: ())
     limit_eff = int(limit * (1.0 - search.headroom))
     selector = _Selector(
         est,
@@ -669,8 +690,12 @@ def _select(
         search.hoist,
         admits,
     )
+
+    def costs(steps) -> tuple[float, ...]:
+        return tuple(selector.step_cost(s.candidate, s.chunk_len) for s in steps)
+
     finished, explored = _beam(selector, root, beam_width, max_stages)
-    floor = None
+    floor_state = None
     if not finished:
         # The search follows the budget. For the smallest reachable peak, follow the least
         # memory (a 1-byte budget); if that fits the budget (not the headroom), relax to it.
@@ -680,7 +705,6 @@ def _select(
         # floor is met, as the error promises. A plan the budget-following search found on
         # the way can be a little lower, but another budget takes another path to it.
         floor_state = min(lowest, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
-        floor = floor_state.estimate.peak
         explored += lowest
         best = min(explored, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
         if best.estimate.peak <= limit:
@@ -703,20 +727,30 @@ def _select(
 
             best, _ = fastest([est.lower(s.steps) for s in relaxed], est.target, est.func_name)
             chosen = relaxed[best]
-        return _selection(chosen, selector, limit, baseline, est, began, reached=True)
+        return _Found(chosen, None, True, limit, baseline, costs)
     chosen = min(explored, key=lambda s: (s.estimate.peak, selector.cost(s.steps)))
-    shown = floor if strict else chosen.estimate.peak
+    return _Found(chosen, floor_state, False, limit, baseline, costs)
+
+
+def _report(found: _Found, est: PlanEstimator, search: _Search, began: float) -> Selection:
+    """The :class:`Selection` of what was found, or the error (``strict``) when the budget
+    was not reached."""
+    if found.reached:
+        return _selection(found, est, began)
+    limit, baseline = found.limit, found.baseline
+    floor = found.floor.estimate.peak
+    shown = floor if search.strict else found.chosen.estimate.peak
     message = (
         f"no chunk plan brings the peak under the budget of {limit} bytes "
         f"({limit / 2**20:.1f} MiB); the smallest peak found is {shown} bytes "
         f"({shown / 2**20:.1f} MiB, unchunked {baseline.peak / 2**20:.1f} "
         "MiB). Give a budget of at least that, or strict=False to build the smallest plan found"
     )
-    if strict:
-        why = account_for_peak(est.func, floor_state.steps, floor_state.estimate)
+    if search.strict:
+        why = account_for_peak(est.func, found.floor.steps, found.floor.estimate)
         raise BudgetUnreachableError(f"{message}.\n{why}", floor, limit)
-    warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=3)
-    return _selection(chosen, selector, limit, baseline, est, began, reached=False)
+    warnings.warn(OverBudgetWarning(message, shown, limit), stacklevel=4)
+    return _selection(found, est, began)
 
 
 def _select_deep(
@@ -734,52 +768,68 @@ def _select_deep(
     if found is None:
         return _select(est, budget, search, began)
     twin, twin_est, probes = found
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OverBudgetWarning)
-        on_twin = _select(twin_est, limit, dataclasses.replace(search, strict=False), began)
-    why = "its plan does not fit the budget there"
-    if on_twin.reached:
-        steps = twin.whole_steps(on_twin.plan.steps)
-        estimate = None
-        if steps is None:
-            why = "its plan does not carry over to every repeat"
-        else:
-            try:
-                estimate = est.estimate(steps)
-            except (LoweringError, ChunkPlanError, tvm.error.InternalError) as err:
-                why = f"its plan does not lower on the whole function ({err})"
-        if estimate is not None and estimate.peak <= limit:
-            logger.info(
-                "select: selected on %d of %d repeated blocks; on the whole function the plan "
-                "peaks at %.1f MiB (budget %.1f MiB)",
-                twin.kept,
-                twin.repeats.count,
-                estimate.peak / 2**20,
-                limit / 2**20,
-            )
-            costs = _step_costs(est, steps, search.cost_model)
-            return Selection(
-                plan=ChunkPlan(steps, estimate.peak, 1.0 + sum(costs)),
-                budget=limit,
-                unchunked_peak=baseline.peak,
-                reached=True,
-                step_costs=costs,
-                evaluated=twin_est.evaluated + probes + est.evaluated,
-                seconds=time.perf_counter() - began,
-                estimate=estimate,
-                baseline=baseline,
-                selected_on=twin.depth,
-            )
-        if estimate is not None:
-            why = f"its plan peaks at {estimate.peak / 2**20:.1f} MiB on the whole function"
+    whole, why = _on_the_whole(_search(twin_est, limit, search), twin, est, search.cost_model)
+    if whole is None:
+        logger.info(
+            "select: the shallow twin (%d of %d repeated blocks) did not give a plan: %s; "
+            "selecting on the whole function",
+            twin.kept,
+            twin.repeats.count,
+            why,
+        )
+        return _select(est, budget, search, began)
     logger.info(
-        "select: the shallow twin (%d of %d repeated blocks) did not give a plan: %s; "
-        "selecting on the whole function",
+        "select: selected on %d of %d repeated blocks; on the whole function the plan peaks at "
+        "%.1f MiB (budget %.1f MiB)",
         twin.kept,
         twin.repeats.count,
-        why,
+        whole.chosen.estimate.peak / 2**20,
+        limit / 2**20,
     )
-    return _select(est, budget, search, began)
+    evaluated = twin_est.evaluated + probes + est.evaluated
+    return dataclasses.replace(
+        _report(whole, est, search, began), evaluated=evaluated, selected_on=twin.depth
+    )
+
+
+def _on_the_whole(
+    found: _Found, twin: ShallowTwin, est: PlanEstimator, cost_model: CostModel
+) -> tuple[_Found | None, str]:
+    """``found``, a search on ``twin``, carried over to the whole function and estimated
+    there; (None, why not) when a plan does not carry over, a plan that fit does not fit the
+    whole function, or the smallest peaks found are not the same there."""
+
+    def carried(state: _State) -> tuple[_State | None, str]:
+        steps = twin.whole_steps(state.steps)
+        if steps is None:
+            return None, "its plan does not carry over to every repeat"
+        try:
+            return _State(steps, est.estimate(steps)), ""
+        except (LoweringError, ChunkPlanError, tvm.error.InternalError) as err:
+            return None, f"its plan does not lower on the whole function ({err})"
+
+    def costs(steps) -> tuple[float, ...]:
+        return _step_costs(est, steps, cost_model)
+
+    baseline = est.estimate(())
+    chosen, why = carried(found.chosen)
+    if chosen is None:
+        return None, why
+    if found.reached:
+        if chosen.estimate.peak > found.limit:
+            peak = chosen.estimate.peak / 2**20
+            return None, f"its plan peaks at {peak:.1f} MiB on the whole function"
+        return _Found(chosen, None, True, found.limit, baseline, costs), ""
+    # Nothing fit the twin: its floor is the whole function's if the plans peak alike there.
+    floor, why = carried(found.floor)
+    if floor is None:
+        return None, why
+    if (chosen.estimate.peak, floor.estimate.peak) != (
+        found.chosen.estimate.peak,
+        found.floor.estimate.peak,
+    ):
+        return None, "the smallest peaks it found are not the whole function's"
+    return _Found(chosen, floor, False, found.limit, baseline, costs), ""
 
 
 def _shallow_twin(
@@ -981,19 +1031,19 @@ def _beam(
     return kept, explored
 
 
-def _selection(state, selector, limit, baseline, est, began, *, reached) -> Selection:
-    costs = (
-        tuple(selector.step_cost(s.candidate, s.chunk_len) for s in state.steps) if selector else ()
-    )
+def _selection(found: _Found, est: PlanEstimator, began: float, **extra) -> Selection:
+    state = found.chosen
+    costs = found.costs(state.steps)
     plan = ChunkPlan(state.steps, state.estimate.peak, 1.0 + sum(costs))
     return Selection(
         plan=plan,
-        budget=limit,
-        unchunked_peak=baseline.peak,
-        reached=reached,
+        budget=found.limit,
+        unchunked_peak=found.baseline.peak,
+        reached=found.reached,
         step_costs=costs,
         evaluated=est.evaluated,
         seconds=time.perf_counter() - began,
         estimate=state.estimate,
-        baseline=baseline,
+        baseline=found.baseline,
+        **extra,
     )
