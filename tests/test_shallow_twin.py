@@ -194,6 +194,10 @@ def test_deep_selection_runs_on_a_twin_and_is_estimated_on_the_whole():
     fresh = PlanEstimator(mod, "llvm")
     assert fresh.estimate(sel.plan.steps).peak == sel.plan.estimated_peak <= sel.budget
     assert sel.unchunked_peak == fresh.estimate(()).peak
+    kept, count = sel.selected_on.kept, sel.selected_on.repeats.count
+    assert f"searched on {kept} of the model's {count} repeated blocks" in str(
+        ac.PlanReport.of(mod, sel)
+    )
 
 
 def test_an_unreachable_budget_is_confirmed_on_the_whole_function():

@@ -83,6 +83,8 @@ class PlanReport:
     modules: tuple[str, ...]
     # Symbolic lengths: the upper bound of each, at which memory and chunk counts are given.
     bounds: tuple[tuple[str, int], ...] = ()
+    # A deep model selected on a shallow twin: (repeats kept, repeats of the model).
+    twin_repeats: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, mod, selection: Selection, func_name: str = "main") -> PlanReport:
@@ -132,6 +134,11 @@ class PlanReport:
             labels=binding_labels(bindings, ops, table),
             modules=tuple(s.module if s is not None else "" for s in sources),
             bounds=tuple(sorted(selection.bounds.items())),
+            twin_repeats=(
+                (selection.selected_on.kept, selection.selected_on.repeats.count)
+                if selection.selected_on is not None
+                else None
+            ),
         )
 
     def __str__(self) -> str:
@@ -151,6 +158,12 @@ class PlanReport:
             lines.append(
                 f"  symbolic lengths: memory and chunk counts at the bound {at}; one build "
                 "serves every length up to it, at the same chunk lengths"
+            )
+        if self.twin_repeats is not None:
+            kept, count = self.twin_repeats
+            lines.append(
+                f"  searched on {kept} of the model's {count} repeated blocks; the plan covers "
+                "every block, and its memory is the whole model's"
             )
         if self.regions:
             lines.append(
