@@ -80,6 +80,14 @@ class StaticAllocation:
         plus the workspace of the kernel it calls). ``peak_bytes`` is its maximum. The pooled
         part never shrinks during a call, so this is a high-water mark: selection reads in it
         where a budget is first exceeded.
+    storage_tensors
+        Per planned storage (by the index of its binding): the tensors placed in it, as
+        (binding index, bytes).
+    liveness
+        The storages and live intervals the prediction was replayed from; ``profile`` (the
+        Relax-level view of them) is made from it when first read.
+    function
+        The function predicted.
     """
 
     peak_bytes: int

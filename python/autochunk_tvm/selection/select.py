@@ -677,6 +677,8 @@ def _search(
     search: _Search,
     admits: Callable[[ChunkCandidate], bool] | None = None,
 ) -> _Found:
+    """The search of :func:`_select`: the plan it chose (and the floor's, when nothing fits),
+    not yet reported."""
     beam_width, max_stages = search.beam_width, search.max_stages
     baseline = est.estimate(())
     _check_sized(baseline, est.func_name)
@@ -1041,7 +1043,7 @@ def _beam(
     return kept, explored
 
 
-def _selection(found: _Found, est: PlanEstimator, began: float, **extra) -> Selection:
+def _selection(found: _Found, est: PlanEstimator, began: float) -> Selection:
     state = found.chosen
     costs = found.costs(state.steps)
     plan = ChunkPlan(state.steps, state.estimate.peak, 1.0 + sum(costs))
@@ -1055,5 +1057,4 @@ def _selection(found: _Found, est: PlanEstimator, began: float, **extra) -> Sele
         seconds=time.perf_counter() - began,
         estimate=state.estimate,
         baseline=found.baseline,
-        **extra,
     )
