@@ -4,7 +4,7 @@ repeat, and select_plan uses it with the whole function's estimate deciding."""
 
 import pytest
 import tvm
-from tvm.script import ir as I
+from tvm import relax
 from tvm.script import relax as R
 
 import autochunk_tvm as ac
@@ -20,71 +20,33 @@ from autochunk_tvm.selection import (
 from autochunk_tvm.selection.shallow import Repeats, ShallowTwin, find_repeats
 
 
-@I.ir_module
-class Stack:
-    @R.function
-    def main(x: R.Tensor((256, 16), "float32")):
-        with R.dataflow():
-            h = R.multiply(x, R.const(0.5, "float32"))
-            # five alike blocks, each reading the one before
-            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
-            p1 = R.nn.softmax(s1, axis=-1)
-            o1 = R.matmul(p1, h)
-            y1 = R.add(o1, h)
-            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
-            p2 = R.nn.softmax(s2, axis=-1)
-            o2 = R.matmul(p2, y1)
-            y2 = R.add(o2, y1)
-            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
-            p3 = R.nn.softmax(s3, axis=-1)
-            o3 = R.matmul(p3, y2)
-            y3 = R.add(o3, y2)
-            s4 = R.matmul(y3, R.permute_dims(y3, [1, 0]))
-            p4 = R.nn.softmax(s4, axis=-1)
-            o4 = R.matmul(p4, y3)
-            y4 = R.add(o4, y3)
-            s5 = R.matmul(y4, R.permute_dims(y4, [1, 0]))
-            p5 = R.nn.softmax(s5, axis=-1)
-            o5 = R.matmul(p5, y4)
-            y5 = R.add(o5, y4)
-            # the head
-            t = R.sum(y5, axis=[1])
-            R.output(t)
-        return t
+def _stack(head_reads_block_3: bool = False) -> tvm.IRModule:
+    """A prefix, five alike attention-like blocks each reading the one before, and a head that
+    reads the last block (and, with ``head_reads_block_3``, the third one too: a twin keeping
+    two blocks has no stand-in for it)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((256, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            ys = [bb.emit(relax.op.multiply(x, relax.const(0.5, "float32")), name_hint="h")]
+            for k in range(1, 6):
+                prev = ys[-1]
+                kt = bb.emit(relax.op.permute_dims(prev, [1, 0]), name_hint=f"kt{k}")
+                s = bb.emit(relax.op.matmul(prev, kt), name_hint=f"s{k}")
+                p = bb.emit(relax.op.nn.softmax(s, axis=-1), name_hint=f"p{k}")
+                o = bb.emit(relax.op.matmul(p, prev), name_hint=f"o{k}")
+                ys.append(bb.emit(relax.op.add(o, prev), name_hint=f"y{k}"))
+            if head_reads_block_3:
+                head = relax.op.add(ys[5], ys[3])
+            else:
+                head = relax.op.sum(ys[5], axis=[1])
+            out = bb.emit_output(head, name_hint="t")
+        bb.emit_func_output(out)
+    return bb.get()
 
 
-@I.ir_module
-class Skip:
-    """The same stack, but the head also reads the second block's output: a twin keeping two
-    blocks has it; one keeping fewer repeats than the head reaches back would not."""
-
-    @R.function
-    def main(x: R.Tensor((256, 16), "float32")):
-        with R.dataflow():
-            h = R.multiply(x, R.const(0.5, "float32"))
-            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
-            p1 = R.nn.softmax(s1, axis=-1)
-            o1 = R.matmul(p1, h)
-            y1 = R.add(o1, h)
-            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
-            p2 = R.nn.softmax(s2, axis=-1)
-            o2 = R.matmul(p2, y1)
-            y2 = R.add(o2, y1)
-            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
-            p3 = R.nn.softmax(s3, axis=-1)
-            o3 = R.matmul(p3, y2)
-            y3 = R.add(o3, y2)
-            s4 = R.matmul(y3, R.permute_dims(y3, [1, 0]))
-            p4 = R.nn.softmax(s4, axis=-1)
-            o4 = R.matmul(p4, y3)
-            y4 = R.add(o4, y3)
-            s5 = R.matmul(y4, R.permute_dims(y4, [1, 0]))
-            p5 = R.nn.softmax(s5, axis=-1)
-            o5 = R.matmul(p5, y4)
-            y5 = R.add(o5, y4)
-            t = R.add(y5, y3)  # reads the third block's output: dropped by a 2-block twin
-            R.output(t)
-        return t
+Stack = _stack()
+Skip = _stack(head_reads_block_3=True)
 
 
 def _names(func):
