@@ -177,14 +177,15 @@ def lower_chunk_plan(
     rewritten = {}
     for name, steps in by_function.items():
         func = mod[name]
+        bindings = flat_bindings(func)
         lowered = []
         for step in ordered_steps(steps):
             if cache is None:
-                composite, region = _lower_region(func, step, tgt)
+                composite, region = _lower_region(func, step, tgt, bindings=bindings)
             else:
                 key = (step, str(tgt))
                 if key not in cache.steps:
-                    cache.steps[key] = _lower_region(func, step, tgt, cache)
+                    cache.steps[key] = _lower_region(func, step, tgt, cache, bindings)
                 composite, region = cache.steps[key]
             gv = _global_var(composite, f"chunked_{region.outputs[0].var.name}", taken, cache)
             functions[gv] = composite
@@ -266,7 +267,11 @@ def _global_var(composite: tvm.tirx.PrimFunc, name: str, taken: set, cache: Lowe
 
 
 def _lower_region(
-    func: relax.Function, step: ChunkStep, target, cache: LoweringCache | None = None
+    func: relax.Function,
+    step: ChunkStep,
+    target,
+    cache: LoweringCache | None = None,
+    bindings: list[relax.Binding] | None = None,
 ) -> tuple:
     """The composite of ``step`` and what the Relax rewrite needs of it.
 
@@ -277,7 +282,7 @@ def _lower_region(
     outputs, hoisted bindings), which is what its call passes.
     """
     cand = step.candidate
-    full = region_function(func, cand, step.chunk_len, step.hoist)
+    full = region_function(func, cand, step.chunk_len, step.hoist, bindings)
     alike = (cand.extent, step.chunk_len, str(target))
     if cache is not None:
         hit = cache.shapes.get(full.func, *alike)
@@ -296,7 +301,7 @@ def _lower_region(
     tail_variant = None
     tail_consts: tuple = ()
     if tail_len is not None:
-        tail = region_function(func, cand, tail_len, step.hoist)
+        tail = region_function(func, cand, tail_len, step.hoist, bindings)
         program = walk_stages(legalize_region(tail.func, target), n_inputs, target)
         tail_variant = Variant(program, tail_len if not isinstance(tail_len, int) else None)
         tail_consts = program.constants

@@ -81,14 +81,20 @@ def _at_chunk(ty: relax.TensorType, axis: ChunkAxis, length) -> relax.TensorType
 
 
 def region_function(
-    func: relax.Function, candidate: ChunkCandidate, length, hoist: bool = True
+    func: relax.Function,
+    candidate: ChunkCandidate,
+    length,
+    hoist: bool = True,
+    bindings: list[relax.Binding] | None = None,
 ) -> RegionFunction:
     """Re-emit ``candidate``'s chunked bindings as a Relax function at chunk ``length``.
 
     ``hoist=False`` keeps the bindings that do not depend on the chunk inside the function
-    (at full size, recomputed per chunk) instead of passing them in.
+    (at full size, recomputed per chunk) instead of passing them in. ``bindings``: the
+    function's :func:`flat_bindings`, when the caller has them (a deep plan lowers hundreds
+    of regions of one function).
     """
-    bindings = flat_bindings(func)
+    bindings = bindings if bindings is not None else flat_bindings(func)
     region = bindings[candidate.start : candidate.end + 1]
     axes = candidate.axes
     given = candidate.input_axes
