@@ -4,9 +4,9 @@ write. Each model is skipped, with the reason, when its library is not installed
 
 Default suite: every model imports, its unchunked build equals PyTorch, and the static
 prediction is within 3% (+0.5 MiB) of the measured peak; AutoChunk at 30% of the peak is
-checked on the decoder families, where `ac.build` once crashed in the liveness analysis. The AutoChunk check
-of every other model, and the OpenFold blocks at 25%, run with ``-m slow`` (selection takes
-minutes on 2 cores).
+checked on the decoder families, where `ac.build` once crashed in the liveness analysis. The
+AutoChunk check of every other model, and the OpenFold blocks at 25%, run with ``-m slow``
+(selection takes minutes on 2 cores).
 """
 
 import autochunk_tvm as ac
