@@ -45,9 +45,15 @@ SIZES: dict[str, dict] = {
 BUDGETS = (0.5, 0.3)
 
 
-def run_model(name: str, repeats: int) -> dict:
+def _imported(name: str):
+    """Corpus entry ``name`` at its benchmark size, imported: (module, its inputs)."""
     model, args = corpus_model(name, **SIZES[name])
-    subject = Subject(name, ac.from_torch(model, args), tuple(args), as_target("llvm"), tvm.cpu(0))
+    return ac.from_torch(model, args), tuple(args)
+
+
+def run_model(name: str, repeats: int) -> dict:
+    mod, args = _imported(name)
+    subject = Subject(name, mod, args, as_target("llvm"), tvm.cpu(0))
     row: dict = {"model": name, "library": CORPUS[name].library, "size": SIZES[name]}
     predicted = ac.static_allocation(subject.mod, "llvm").peak_bytes
     row["unchunked_measured"] = subject.plain_peak
@@ -169,8 +175,7 @@ def main(argv=None) -> int:
             if name not in rows:
                 print(f"{name}: skipped, it has no CPU row to add the CUDA column to", flush=True)
                 continue
-            model, args = corpus_model(name, **SIZES[name])
-            rows[name]["cuda_at_30"] = cuda_at_30(name, ac.from_torch(model, args), tuple(args))
+            rows[name]["cuda_at_30"] = cuda_at_30(name, *_imported(name))
             cuda = rows[name]["cuda_at_30"]
             print(
                 f"  {name} CUDA at 30%: {'met' if cuda['reached'] else 'NOT met'}, "

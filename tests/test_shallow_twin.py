@@ -5,7 +5,6 @@ repeat, and select_plan uses it with the whole function's estimate deciding."""
 import pytest
 import tvm
 from tvm import relax
-from tvm.script import relax as R
 
 import autochunk_tvm as ac
 from autochunk_tvm.lowering import ChunkStep
@@ -20,6 +19,19 @@ from autochunk_tvm.selection import (
 from autochunk_tvm.selection.shallow import Repeats, ShallowTwin, find_repeats
 
 
+def _block(bb: relax.BlockBuilder, prev: relax.Expr, k: int) -> relax.Var:
+    """One attention-like block ``k`` reading ``prev``; its output ``y{k}``."""
+    kt = bb.emit(relax.op.permute_dims(prev, [1, 0]), name_hint=f"kt{k}")
+    s = bb.emit(relax.op.matmul(prev, kt), name_hint=f"s{k}")
+    p = bb.emit(relax.op.nn.softmax(s, axis=-1), name_hint=f"p{k}")
+    o = bb.emit(relax.op.matmul(p, prev), name_hint=f"o{k}")
+    return bb.emit(relax.op.add(o, prev), name_hint=f"y{k}")
+
+
+def _prefix(bb: relax.BlockBuilder, x: relax.Var) -> relax.Var:
+    return bb.emit(relax.op.multiply(x, relax.const(0.5, "float32")), name_hint="h")
+
+
 def _stack(head_reads_block_3: bool = False) -> tvm.IRModule:
     """A prefix, five alike attention-like blocks each reading the one before, and a head that
     reads the last block (and, with ``head_reads_block_3``, the third one too: a twin keeping
@@ -28,14 +40,9 @@ def _stack(head_reads_block_3: bool = False) -> tvm.IRModule:
     x = relax.Var("x", relax.TensorType((256, 16), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            ys = [bb.emit(relax.op.multiply(x, relax.const(0.5, "float32")), name_hint="h")]
+            ys = [_prefix(bb, x)]
             for k in range(1, 6):
-                prev = ys[-1]
-                kt = bb.emit(relax.op.permute_dims(prev, [1, 0]), name_hint=f"kt{k}")
-                s = bb.emit(relax.op.matmul(prev, kt), name_hint=f"s{k}")
-                p = bb.emit(relax.op.nn.softmax(s, axis=-1), name_hint=f"p{k}")
-                o = bb.emit(relax.op.matmul(p, prev), name_hint=f"o{k}")
-                ys.append(bb.emit(relax.op.add(o, prev), name_hint=f"y{k}"))
+                ys.append(_block(bb, ys[-1], k))
             if head_reads_block_3:
                 head = relax.op.add(ys[5], ys[3])
             else:
@@ -68,25 +75,17 @@ def test_the_repeated_block_is_found():
 def test_a_block_unlike_the_others_ends_the_repeats():
     """Three alike blocks then one at another shape: only the first three repeat."""
 
-    @R.function
-    def uneven(x: R.Tensor((256, 16), "float32"), z: R.Tensor((128, 16), "float32")):
-        with R.dataflow():
-            h = R.multiply(x, R.const(0.5, "float32"))
-            s1 = R.matmul(h, R.permute_dims(h, [1, 0]))
-            p1 = R.nn.softmax(s1, axis=-1)
-            y1 = R.matmul(p1, h)
-            s2 = R.matmul(y1, R.permute_dims(y1, [1, 0]))
-            p2 = R.nn.softmax(s2, axis=-1)
-            y2 = R.matmul(p2, y1)
-            s3 = R.matmul(y2, R.permute_dims(y2, [1, 0]))
-            p3 = R.nn.softmax(s3, axis=-1)
-            y3 = R.matmul(p3, y2)
-            s4 = R.matmul(z, R.permute_dims(z, [1, 0]))
-            p4 = R.nn.softmax(s4, axis=-1)
-            y4 = R.matmul(p4, z)
-            out = (y3, y4)
-            R.output(out)
-        return out
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((256, 16), "float32"))
+    z = relax.Var("z", relax.TensorType((128, 16), "float32"))
+    with bb.function("main", [x, z]):
+        with bb.dataflow():
+            y = _prefix(bb, x)
+            for k in range(1, 4):
+                y = _block(bb, y, k)
+            out = bb.emit_output(relax.Tuple([y, _block(bb, z, 4)]), name_hint="out")
+        bb.emit_func_output(out)
+    uneven = bb.get()["main"]
 
     reps = find_repeats(ClassFinder(uneven))
     assert reps is not None and reps.count == 3

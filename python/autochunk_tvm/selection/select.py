@@ -204,10 +204,7 @@ class _Selector:
     def step_cost(self, cand: ChunkCandidate, chunk_len: int) -> float:
         key = ChunkStep(cand, chunk_len)
         if key not in self._costs:
-            feats = step_features(
-                self.func, cand, chunk_len, self.totals, self.est.bindings, self.est.bounds
-            )
-            self._costs[key] = self.cost_model.step_cost(feats)
+            self._costs[key] = _priced(self.est, self.totals, self.cost_model, cand, chunk_len)
         return self._costs[key]
 
     def cost(self, steps) -> float:
@@ -868,12 +865,19 @@ def _shallow_twin(
 
 def _step_costs(est: PlanEstimator, steps, cost_model: CostModel) -> tuple[float, ...]:
     totals = ModelTotals.of(est.func, est.bounds)
-    return tuple(
-        cost_model.step_cost(
-            step_features(est.func, s.candidate, s.chunk_len, totals, est.bindings, est.bounds)
-        )
-        for s in steps
-    )
+    return tuple(_priced(est, totals, cost_model, s.candidate, s.chunk_len) for s in steps)
+
+
+def _priced(
+    est: PlanEstimator,
+    totals: ModelTotals,
+    cost_model: CostModel,
+    cand: ChunkCandidate,
+    chunk_len: int,
+) -> float:
+    """The cost model's price of chunking ``cand`` at ``chunk_len`` in ``est``'s function."""
+    features = step_features(est.func, cand, chunk_len, totals, est.bindings, est.bounds)
+    return cost_model.step_cost(features)
 
 
 def _select_at_the_bound(

@@ -156,6 +156,7 @@ class ShallowTwin:
         self.repeats = repeats
         self.kept = kept
         self.shift = (repeats.count - kept) * repeats.period  # head index in the whole - twin's
+        self.cut = repeats.start + kept * repeats.period  # the first binding the twin drops
         self.mod = self._build(mod)
 
     @property
@@ -169,8 +170,7 @@ class ShallowTwin:
 
     def _build(self, mod: tvm.IRModule) -> tvm.IRModule | None:
         bindings = self.classes.bindings
-        reps = self.repeats
-        cut = reps.start + self.kept * reps.period  # first dropped binding
+        reps, cut = self.repeats, self.cut
         env: dict[relax.Expr, relax.Expr] = {}
         for j in range(cut, reps.end):
             earlier = j - self.shift
@@ -223,8 +223,7 @@ class ShallowTwin:
 
     def whole_index(self, index: int) -> int:
         """The binding of the whole function that twin binding ``index`` is."""
-        cut = self.repeats.start + self.kept * self.repeats.period
-        return index if index < cut else index + self.shift
+        return index if index < self.cut else index + self.shift
 
     def whole_steps(self, steps: Sequence[ChunkStep]) -> tuple[ChunkStep, ...] | None:
         """The twin's plan on the whole function, or None where a region does not carry over.
