@@ -27,6 +27,7 @@ from autochunk_tvm.selection import (
     select_plan,
 )
 from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE, ModelTotals, step_features
+from autochunk_tvm.selection.peak import account_for_peak
 from autochunk_tvm.selection.select import _beam, _largest_fitting, _Selector, _State
 
 MIB = 1 << 20
@@ -539,6 +540,29 @@ def test_an_unreachable_budget_explains_its_floor():
     assert all(t.name in names for t in held)
     assert held[0].name in message and str(report.peak) in str(report)
     assert select_plan(mod, err.smallest_peak, "llvm", estimator=est).reached
+
+
+def test_the_floor_names_the_dead_buffers_the_build_still_holds():
+    """A tensor dead before the peak still counts when the pooled allocator keeps its buffer
+    (no later request has its size): the account names it by the tensor that sized it. Here
+    a 1 MiB product dies before the 256 KiB output is allocated."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((256, 256), "float32"))
+    w = relax.Var("w", relax.TensorType((256, 1024), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.matmul(x, w), name_hint="a")
+            s = bb.emit(relax.op.sum(a, axis=[1], keepdims=True), name_hint="s")
+            out = bb.emit_output(relax.op.add(x, s))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    estimate = PlanEstimator(mod, "llvm").estimate(())
+    account = account_for_peak(mod["main"], (), estimate)
+    assert [t.name for t in account.held] == ["gv"]  # the output, allocated last
+    assert [(t.name, t.nbytes) for t in account.cached] == [("a", 1 << 20)]
+    assert account.cached_bytes >= 1 << 20 and "sized by" in str(account)
+    live = estimate.allocation.liveness
+    assert [live.sizes[s] for s in estimate.allocation.dead_at_peak] == [1 << 20]
 
 
 def test_a_multi_layer_gpt_selected_for_cuda_builds_with_device_kernels(tmp_path):

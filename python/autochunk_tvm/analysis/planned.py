@@ -88,6 +88,11 @@ class StaticAllocation:
         Relax-level view of them) is made from it when first read.
     function
         The function predicted.
+    dead_at_peak
+        The storages (indices into ``liveness.storages``) whose tensors are all dead at the
+        peak but whose bytes are still held there: freed buffers the pooled allocator keeps
+        unused (no later request had their size), and storages a never-cleared variable pins
+        (NOTE [pinned storages]).
     """
 
     peak_bytes: int
@@ -104,6 +109,7 @@ class StaticAllocation:
     )
     liveness: Liveness | None = dataclasses.field(default=None, repr=False, compare=False)
     function: str = "main"
+    dead_at_peak: tuple[int, ...] = ()
 
     @functools.cached_property
     def profile(self) -> MemoryProfile:
@@ -416,24 +422,27 @@ def allocation_of_planned(
             frees_at.setdefault(st.end, []).append(s)
 
     pool_total = 0  # bytes the pooled allocator got from the device, never given back
-    free_pool: dict[int, int] = {}  # rounded size -> number of cached buffers
+    free_pool: dict[int, list[int]] = {}  # rounded size -> the storages whose buffers it caches
     workspace_pool = WorkspacePoolModel()
     peak, peak_index = 0, -1
+    dead_at_peak: tuple[int, ...] = ()
     footprint = []
     for i in range(n):
         for s in allocs_at.get(i, ()):
             size = _round_page(live.sizes[s])
-            if free_pool.get(size, 0):
-                free_pool[size] -= 1
+            if free_pool.get(size):
+                free_pool[size].pop()
             else:
                 pool_total += size
         ws_peak = workspace_pool.run_kernel(live.workspace_allocs[i])
         footprint.append(pool_total + ws_peak)
         if pool_total + ws_peak > peak:
             peak, peak_index = pool_total + ws_peak, i
+            dead_at_peak = tuple(s for cached in free_pool.values() for s in cached) + tuple(
+                s for s in held if live.storages[s].start <= i and live.storages[s].end < i
+            )
         for s in frees_at.get(i, ()):
-            size = _round_page(live.sizes[s])
-            free_pool[size] = free_pool.get(size, 0) + 1
+            free_pool.setdefault(_round_page(live.sizes[s]), []).append(s)
 
     planned = sum(
         live.sizes[s]
@@ -456,6 +465,7 @@ def allocation_of_planned(
         storage_tensors=_storage_tensors(live.bindings),
         liveness=live,
         function=func_name,
+        dead_at_peak=dead_at_peak,
     )
 
 
