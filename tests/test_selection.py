@@ -559,8 +559,8 @@ def test_the_floor_names_the_dead_buffers_the_build_still_holds():
     estimate = PlanEstimator(mod, "llvm").estimate(())
     account = account_for_peak(mod["main"], (), estimate)
     assert [t.name for t in account.held] == ["gv"]  # the output, allocated last
-    assert [(t.name, t.nbytes) for t in account.cached] == [("a", 1 << 20)]
-    assert account.cached_bytes >= 1 << 20 and "sized by" in str(account)
+    assert [(t.name, t.nbytes) for t in account.dead] == [("a", 1 << 20)]
+    assert account.dead_bytes >= 1 << 20 and "sized by" in str(account)
     live = estimate.allocation.liveness
     assert [live.sizes[s] for s in estimate.allocation.dead_at_peak] == [1 << 20]
 

@@ -44,18 +44,18 @@ class HeldTensor:
 @dataclasses.dataclass(frozen=True)
 class PeakAccount:
     """The make-up of a plan's peak (bytes): the largest tensors live there, the kernel
-    workspace at that binding, and what the allocator keeps cached from tensors already dead
-    (it reuses a buffer only for a request of the same size). ``cached`` names the largest
-    of those buffers by the tensor that sized each: full-size tensors that were live
-    together earlier, whose bytes the pool still holds at the peak."""
+    workspace at that binding, and the bytes the build still holds for tensors already dead
+    (``dead_bytes``: the pool reuses a freed buffer only for a request of the same size, and
+    a tuple nothing reads pins its storages). ``dead`` names the largest of those buffers by
+    the tensor that sized each: tensors that were live together earlier."""
 
     peak_bytes: int
     binding: str  # the high-level binding at which the peak is reached
     held: tuple[HeldTensor, ...]
     other_live_bytes: int  # live tensors too small to list
     workspace_bytes: int
-    cached_bytes: int
-    cached: tuple[HeldTensor, ...] = ()
+    dead_bytes: int
+    dead: tuple[HeldTensor, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"  at the peak ({format_bytes(self.peak_bytes)}, near {self.binding}):"]
@@ -64,17 +64,20 @@ class PeakAccount:
         for nbytes, what in (
             (self.other_live_bytes, "smaller live tensors"),
             (self.workspace_bytes, "kernel workspace of the peak binding"),
-            (self.cached_bytes, "buffers of dead tensors the build still holds"),
         ):
             if nbytes:
                 lines.append(f"    {format_bytes(nbytes):>11}  {what}")
-        if self.cached:
-            lines[-1] += (
-                " (the pool gives a freed buffer only to a request of its size; a tuple nothing"
-                " reads pins its storages), sized by:"
-            )
-        for t in self.cached:
-            lines.append(f"      {format_bytes(t.nbytes):>11}  {t.name} ({t.op}): {t.reason}")
+        if self.dead_bytes:
+            what = "buffers of dead tensors the build still holds"
+            line = f"    {format_bytes(self.dead_bytes):>11}  {what}"
+            if self.dead:
+                line += (
+                    " (the pool gives a freed buffer only to a request of its size; a tuple"
+                    " nothing reads pins its storages), sized by:"
+                )
+            lines.append(line)
+            for t in self.dead:
+                lines.append(f"      {format_bytes(t.nbytes):>11}  {t.name} ({t.op}): {t.reason}")
         return "\n".join(lines)
 
 
@@ -120,24 +123,24 @@ def account_for_peak(
         held.append(HeldTensor(binding.var.name, short_op(binding), total, p, reason))
     live_bytes = sum(nbytes for nbytes, _ in live)
     near = estimate.position[j]
-    cached_bytes = max(0, allocation.peak_bytes - live_bytes - at.workspace_bytes)
+    dead_bytes = max(0, allocation.peak_bytes - live_bytes - at.workspace_bytes)
     return PeakAccount(
         peak_bytes=allocation.peak_bytes,
         binding=bindings[near].var.name if near < len(bindings) else "the return",
         held=tuple(held),
         other_live_bytes=other,
         workspace_bytes=at.workspace_bytes,
-        cached_bytes=cached_bytes,
-        cached=_cached_buffers(func, bindings, last_use, steps, estimate, cached_bytes),
+        dead_bytes=dead_bytes,
+        dead=_dead_buffers(func, bindings, last_use, steps, estimate, dead_bytes),
     )
 
 
-def _cached_buffers(func, bindings, last_use, steps, estimate, cached_bytes: int):
-    """The largest buffers the pool holds unused at the peak, each as the high-level tensor
+def _dead_buffers(func, bindings, last_use, steps, estimate, dead_bytes: int):
+    """The largest buffers of dead tensors held at the peak, each as the high-level tensor
     that sized it (the largest the planner placed in its storage)."""
     allocation = estimate.allocation
     live = allocation.liveness
-    if live is None:
+    if live is None or not dead_bytes:
         return ()
     by_binding: dict[int, int] = {}
     for s in allocation.dead_at_peak:
@@ -146,14 +149,14 @@ def _cached_buffers(func, bindings, last_use, steps, estimate, cached_bytes: int
         sizer = max(placed, key=lambda t: t[1])[0] if placed else at
         p = estimate.position[sizer]
         by_binding[p] = by_binding.get(p, 0) + live.sizes[s]
-    cached = []
+    dead = []
     for p, nbytes in sorted(by_binding.items(), key=lambda item: -item[1]):
-        if len(cached) >= _MOST or nbytes < _SHARE * cached_bytes or p >= len(bindings):
+        if len(dead) >= _MOST or nbytes < _SHARE * dead_bytes or p >= len(bindings):
             continue
         binding = bindings[p]
         reason = _why_held(func, bindings, last_use, steps, p, nbytes)
-        cached.append(HeldTensor(binding.var.name, short_op(binding), nbytes, p, reason))
-    return tuple(cached)
+        dead.append(HeldTensor(binding.var.name, short_op(binding), nbytes, p, reason))
+    return tuple(dead)
 
 
 def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
