@@ -16,7 +16,7 @@ from tvm import relax, tirx
 
 from ..analysis.memory import format_bytes
 from ..analysis.sizes import type_bytes
-from ..analysis.views import short_op
+from ..analysis.views import is_view, short_op
 from ..lowering import ChunkStep
 from ..search.candidate import CantChunk
 from ..search.flow import flat_bindings, last_uses, region_outputs, trace_region
@@ -181,6 +181,8 @@ def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
     used_until = last_use.get(var, p)
     if used_until >= len(bindings):
         return "returned by the function: the caller receives it whole"
+    if _returned_through_views(bindings, last_use, p):
+        return "returned by the function through views: the caller receives it whole"
     shape = shape_of(var)
     if shape is None or all(static(d) == 1 for d in shape):
         return "its shape is unknown or has no axis to chunk"
@@ -212,3 +214,28 @@ def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
         return "not chunked"
     unique = list(dict.fromkeys(refusals))
     return "no region takes it in: " + "; ".join(unique[:3])
+
+
+def _returned_through_views(bindings, last_use, p: int) -> bool:
+    """Whether the tensor of binding ``p`` reaches the function's return through views only
+    (a language model's logits, reshaped and returned): its storage is the output's."""
+    names = {bindings[p].var.name}
+    for k in range(p + 1, len(bindings)):
+        binding = bindings[k]
+        if is_view(binding) and any(
+            isinstance(arg, relax.Var) and arg.name in names for arg in _operands(binding.value)
+        ):
+            names.add(binding.var.name)
+            if last_use.get(binding.var, k) >= len(bindings):
+                return True
+    return False
+
+
+def _operands(value: relax.Expr) -> list:
+    if isinstance(value, relax.Call):
+        return list(value.args)
+    if isinstance(value, relax.TupleGetItem):
+        return [value.tuple_value]
+    if isinstance(value, relax.Tuple):
+        return list(value.fields)
+    return [value]
