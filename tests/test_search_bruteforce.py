@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import relax
 
-from autochunk_tvm.search import CantChunk, flat_bindings, last_uses, region_outputs, trace_region
+from autochunk_tvm.search import CantChunk, flat_bindings, region_outputs, trace_region
 
 
 def _np_const(c):
@@ -180,10 +180,9 @@ def test_search_misses_no_legal_region_of_length_up_to_4(graph):
     env = {func.params[0]: x.astype("float32")}
     for b in bindings:
         env[b.var] = _eval(b.value, env)
-    last = last_uses(func)
     for start in range(len(bindings)):
         for end in range(start, min(len(bindings), start + 4)):
-            outputs = region_outputs(func, start, end, last, bindings)
+            outputs = region_outputs(func, start, end)
             if len(outputs) != 1:
                 continue
             out = outputs[0]

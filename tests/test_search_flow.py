@@ -291,3 +291,26 @@ def test_a_rule_that_fails_is_a_barrier_with_its_reason_logged(caplog):
         assert "a bug in a user's rule" in caplog.text
     finally:
         rules.unregister("relax.trunc")
+
+
+def test_a_rule_registered_after_a_trace_changes_the_answer_for_the_same_region():
+    # NOTE [flow index]: traces are kept per function; a kept refusal ("no chunk rule") must
+    # not outlive a rule registered since, nor a kept answer the rule's removal.
+    from autochunk_tvm.search import rules
+
+    @R.function
+    def f(x: R.Tensor((64, 16), "float32")):
+        with R.dataflow():
+            o = R.trunc(x)
+            R.output(o)
+        return o
+
+    with pytest.raises(CantChunk, match="no chunk rule for relax.trunc"):
+        trace(f, "o", "o", o=0)
+    rules.register("relax.trunc")(lambda call, out_axis: [rules.flow(out_axis)])
+    try:
+        assert trace(f, "o", "o", o=0).extent == 64
+    finally:
+        rules.unregister("relax.trunc")
+    with pytest.raises(CantChunk, match="no chunk rule for relax.trunc"):
+        trace(f, "o", "o", o=0)

@@ -32,7 +32,7 @@ from ..analysis.sources import (
     sources_table,
 )
 from ..search.candidate import WHOLE, CantChunk, ChunkCandidate
-from ..search.flow import flat_bindings, last_uses, trace_region
+from ..search.flow import flat_bindings, trace_region
 from ..search.rewrite import substitute
 from .composite import CompositeBuilder, Variant
 from .plan import ChunkPlan, ChunkPlanError, ChunkStep, ordered_steps
@@ -81,7 +81,6 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
     taken: dict[str, list[tuple[int, int]]] = {}
     names = {gv.name_hint for gv in mod.get_global_vars()}
     bindings_of: dict[str, list] = {}
-    last_use_of: dict[str, dict] = {}  # per function, computed once: a deep plan has 100s of steps
     for number, step in enumerate(plan.steps):
         cand = step.candidate
         where = f"plan step {number} ({cand.function}[{cand.start}:{cand.end}])"
@@ -105,9 +104,7 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
                 "the plan was made for another module (search again on this one)"
             )
         if traced is None or cand not in traced:
-            if cand.function not in last_use_of:
-                last_use_of[cand.function] = last_uses(func)
-            _check_flow(func, cand, bindings, last_use_of[cand.function], where)
+            _check_flow(func, cand, where)
             if traced is not None:
                 traced.add(cand)
         extent = cand.extent
@@ -121,7 +118,7 @@ def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None)
         taken.setdefault(cand.function, []).append((cand.start, cand.end))
 
 
-def _check_flow(func, cand: ChunkCandidate, bindings, last_use, where: str) -> None:
+def _check_flow(func, cand: ChunkCandidate, where: str) -> None:
     try:
         traced = trace_region(
             func,
@@ -129,8 +126,6 @@ def _check_flow(func, cand: ChunkCandidate, bindings, last_use, where: str) -> N
             cand.end,
             {name: axis.axis for name, axis in cand.outputs},
             function_name=cand.function,
-            last_use=last_use,
-            bindings=bindings,
         )
     except CantChunk as err:
         raise ChunkPlanError(f"{where}: the chunk flow does not allow these axes: {err}")

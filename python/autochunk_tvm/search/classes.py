@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 
 from .candidate import CantChunk, ChunkCandidate
-from .flow import flat_bindings, last_uses, region_outputs, trace_region
+from .flow import flat_bindings, region_outputs, trace_region
 
 # A binding's own description (op, attributes, types; what its arguments are), independent of
 # where it sits, and the binding indices its variable arguments were bound at (None: a
@@ -51,7 +51,6 @@ class ClassFinder:
         self.func = func
         self.function_name = function_name
         self.bindings = flat_bindings(func)
-        self.last_use = last_uses(func)
         index = {b.var: i for i, b in enumerate(self.bindings)}
         self.position = index  # binding variable -> its index
         self._at = {b.var.name: i for i, b in enumerate(self.bindings)}
@@ -113,7 +112,7 @@ class ClassFinder:
         end = start + cand.end - cand.start
         offset = start - cand.start
         position = {name: k for k, (name, _) in enumerate(cand.bindings)}
-        outputs = region_outputs(self.func, start, end, self.last_use, self.bindings)
+        outputs = region_outputs(self.func, start, end)
         rel_outputs = sorted(self._at[v.name] - start for v in outputs)
         if rel_outputs != sorted(position[name] for name, _ in cand.outputs):
             return None
@@ -128,8 +127,6 @@ class ClassFinder:
                 end,
                 axes,
                 function_name=self.function_name,
-                last_use=self.last_use,
-                bindings=self.bindings,
             )
         except CantChunk:
             return None

@@ -42,10 +42,11 @@ _WHOLE: _Setting = (None, Fraction(1))
 # NOTE [rule cache]: a rule's answer depends only on the call (an immutable IR node) and the
 # output axis, and the search asks the same question of the same call in many overlapping
 # regions (GPT-small: 146k visits, a few thousand distinct). Answers, refusals included, are
-# kept per (call, axis); a call is keyed by identity, which holds it alive while cached. The
-# cache is dropped when a rule is registered (a refusal may have been "no rule").
+# kept per (call, axis); a call is keyed by its handle and kept in the entry, which holds it
+# alive (and its handle unique) while cached. The cache is dropped when a rule is registered
+# (a refusal may have been "no rule").
 _RULE_CACHE_LIMIT = 200_000
-_rule_cache: dict[tuple[relax.Call, int], object] = {}
+_rule_cache: dict[tuple[int, int], tuple[relax.Call, object]] = {}
 _rule_cache_generation = rules.generation()
 
 
@@ -54,16 +55,17 @@ def _arg_flows(call: relax.Call, axis: int):
     if _rule_cache_generation != rules.generation():
         _rule_cache.clear()
         _rule_cache_generation = rules.generation()
-    key = (call, axis)
-    found = _rule_cache.get(key)
-    if found is None:
+    key = (call.__chandle__(), axis)
+    entry = _rule_cache.get(key)
+    if entry is None:
         try:
             found = _ask_rule(call, axis)
         except CantChunk as err:
             found = err
         if len(_rule_cache) >= _RULE_CACHE_LIMIT:
             _rule_cache.clear()
-        _rule_cache[key] = found
+        entry = _rule_cache[key] = (call, found)
+    found = entry[1]
     if isinstance(found, CantChunk):
         raise type(found)(*found.args)  # a fresh one: re-raising would grow its traceback
     return found
@@ -116,24 +118,30 @@ def constant_names(region: list[relax.Binding]) -> dict[relax.Expr, str]:
     """Stable names for the constants a region reads: ``"<binding>.arg<j>"`` of the first site
     (in program order) that reads each one, with ``".<k>"`` for a field of a tuple argument."""
     names: dict[relax.Expr, str] = {}
+    for binding in region:
+        for const, name in _binding_constants(binding):
+            names.setdefault(const, name)
+    return names
+
+
+def _binding_constants(binding: relax.Binding) -> list[tuple[relax.Expr, str]]:
+    """The constants one binding reads, in order, each named by its site."""
+    found: list[tuple[relax.Expr, str]] = []
 
     def visit(expr: relax.Expr, name: str) -> None:
         if isinstance(expr, tvm.ir.expr.GenericConst):
-            names.setdefault(expr, name)
+            found.append((expr, name))
         elif isinstance(expr, relax.Tuple):
             for k, field in enumerate(expr.fields):
                 visit(field, f"{name}.{k}")
 
-    for binding in region:
-        value = binding.value
-        if isinstance(value, tvm.ir.expr.GenericConst):
-            visit(value, f"{binding.var.name}.value")
-        elif isinstance(value, relax.Call):
-            for j, arg in enumerate(value.args):
-                visit(arg, f"{binding.var.name}.arg{j}")
-        elif isinstance(value, relax.Tuple):
-            visit(value, f"{binding.var.name}.value")
-    return names
+    value = binding.value
+    if isinstance(value, tvm.ir.expr.GenericConst | relax.Tuple):
+        visit(value, f"{binding.var.name}.value")
+    elif isinstance(value, relax.Call):
+        for j, arg in enumerate(value.args):
+            visit(arg, f"{binding.var.name}.arg{j}")
+    return found
 
 
 def last_uses(func: relax.Function) -> dict[relax.Var, int]:
@@ -149,131 +157,363 @@ def last_uses(func: relax.Function) -> dict[relax.Var, int]:
     return last
 
 
-def region_outputs(
-    func: relax.Function,
-    start: int,
-    end: int,
-    last_use: dict[relax.Var, int] | None = None,
-    bindings: list[relax.Binding] | None = None,
-) -> list[relax.Var]:
+def region_outputs(func: relax.Function, start: int, end: int) -> list[relax.Var]:
     """Bindings of ``[start, end]`` that are used after the region or returned.
 
-    ``last_use`` (from :func:`last_uses`) and ``bindings`` save recomputing them when many
-    regions of one function are examined: then this costs O(region length).
+    Costs O(region length): what the function's bindings read is indexed once per function
+    (NOTE [flow index]).
     """
-    bindings = bindings if bindings is not None else flat_bindings(func)
-    last = last_use if last_use is not None else last_uses(func)
-    return [b.var for b in bindings[start : end + 1] if last.get(b.var, -1) > end]
+    return _FlowIndex.of(func).outputs(start, end)
+
+
+# NOTE [flow index]: search traces thousands of overlapping regions of one function (SD3's
+# transformer on CUDA: 38k traces in one selection), and reading the IR through the FFI cost
+# more than the tracing itself: every ``binding.var`` is a new Python wrapper, so keying a
+# dict by it calls ``Expr.__eq__``, which fetches the type through the FFI. The function is
+# read once into plain records, every variable and constant keyed by its object handle (an
+# int, stable while the function is alive, which the cache keeps it), and tracing works on
+# those. A trace's answer depends only on the function, the region, the output axes and the
+# rule registry, so it is kept too: selection searches around many centres whose windows
+# overlap.
+_ALIAS, _GET, _TUPLE, _OP_CALL, _FUNC_CALL, _OTHER = range(6)
+_INDEX_CACHE_SIZE = 8
+_TRACE_CACHE_LIMIT = 200_000
+
+
+def _key(expr: relax.Expr) -> int:
+    return expr.__chandle__()
+
+
+def _traceable(expr) -> bool:
+    """Whether a value takes a chunk setting: a variable or a constant (shapes and prim
+    values are never chunked)."""
+    return isinstance(expr, relax.Var | tvm.ir.expr.GenericConst)
+
+
+class _Node:
+    """One binding, read once: what the tracer and the output checks need of it."""
+
+    __slots__ = ("var", "key", "name", "kind", "reads", "call", "view", "source", "constants")
+
+    def __init__(self, binding: relax.Binding, index: _FlowIndex) -> None:
+        var, value = binding.var, binding.value
+        self.var = var
+        self.key = index.register(var)
+        self.name = var.name
+        # The constants it reads with their names for candidates (see constant_names).
+        self.constants = tuple((index.register(c), n) for c, n in _binding_constants(binding))
+        self.call = None
+        self.view = False  # a reshape-like call: its data is its first argument's
+        # ``reads``: for an alias or a tuple read, the key it passes its setting to (None for
+        # a value that takes none); for a tuple, one per field; for a call, one entry per
+        # argument: a key, None, or a tuple of them for a tuple argument.
+        # ``source``: for _computed_in, the key of the value whose data this one is (views),
+        # or a tuple of them (a tuple), or None (a kernel, or nothing inside the function).
+        self.source = None
+        if _traceable(value):
+            self.kind = _ALIAS
+            self.reads = index.register(value)
+            self.source = self.reads if isinstance(value, relax.Var) else None
+        elif isinstance(value, relax.TupleGetItem):
+            self.kind = _GET
+            tup = value.tuple_value
+            self.reads = index.register(tup) if _traceable(tup) else None
+            self.source = _var_key_through_gets(value)
+        elif isinstance(value, relax.Tuple):
+            self.kind = _TUPLE
+            fields = value.fields[:]
+            self.reads = tuple(index.register(f) if _traceable(f) else None for f in fields)
+            self.source = tuple(_var_key_through_gets(f) for f in fields)
+        elif isinstance(value, relax.Call):
+            self.kind = _OP_CALL if isinstance(value.op, tvm.ir.Op) else _FUNC_CALL
+            self.call = value
+            args = value.args[:]
+            self.reads = tuple(_arg_entry(a, index) for a in args)
+            if is_view_value(value) and args:
+                self.view = True
+                self.source = _var_key_through_gets(args[0])
+        else:
+            self.kind = _OTHER
+            self.reads = type(value).__name__  # for the refusal
+
+
+def _arg_entry(arg: relax.Expr, index: _FlowIndex):
+    if isinstance(arg, relax.Tuple):
+        return tuple(index.register(f) if _traceable(f) else None for f in arg.fields[:])
+    return index.register(arg) if _traceable(arg) else None
+
+
+def _var_key_through_gets(expr: relax.Expr) -> int | None:
+    """The key of the variable ``expr`` reads through tuple reads, or None (a constant)."""
+    while isinstance(expr, relax.TupleGetItem):
+        tup = expr.tuple_value
+        expr = tup.fields[expr.index] if isinstance(tup, relax.Tuple) else tup
+    return _key(expr) if isinstance(expr, relax.Var) else None
+
+
+class _FlowIndex:
+    """A function read once for tracing (NOTE [flow index]); get it with :meth:`of`."""
+
+    _cache: dict[int, _FlowIndex] = {}
+
+    @classmethod
+    def of(cls, func: relax.Function) -> _FlowIndex:
+        handle = _key(func)
+        index = cls._cache.pop(handle, None)
+        if index is None:
+            index = cls(func)
+            while len(cls._cache) >= _INDEX_CACHE_SIZE:
+                cls._cache.pop(next(iter(cls._cache)))  # the least recently used
+        cls._cache[handle] = index
+        return index
+
+    def __init__(self, func: relax.Function) -> None:
+        self.func = func  # keeps every handle below alive
+        self.exprs: dict[int, relax.Expr] = {}
+        for param in func.params[:]:
+            self.register(param)
+        self.bindings = flat_bindings(func)
+        self.nodes = [_Node(b, self) for b in self.bindings]
+        self.position = {node.key: i for i, node in enumerate(self.nodes)}
+        self.last_use: dict[int, int] = {}
+        for i, binding in enumerate(self.bindings):
+            for var in relax.analysis.free_vars(binding.value):
+                self.last_use[_key(var)] = i
+        result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
+        for var in relax.analysis.free_vars(result):
+            self.last_use[_key(var)] = len(self.bindings)
+        self._shapes: dict[int, list | None] = {}
+        self._traces: dict[tuple, ChunkCandidate | CantChunk] = {}
+        self._traces_generation = rules.generation()
+
+    def register(self, expr: relax.Expr) -> int:
+        key = _key(expr)
+        if key not in self.exprs:
+            self.exprs[key] = expr
+        return key
+
+    def name(self, key: int) -> str:
+        return _name(self.exprs[key])
+
+    def shape(self, key: int) -> list | None:
+        """The shape of a tensor (or of the fields of a chunked tuple), or None."""
+        if key not in self._shapes:
+            value = self.exprs[key]
+            self._shapes[key] = (
+                _tuple_shape(value) if isinstance(value.ty, relax.TupleType) else shape_of(value)
+            )
+        return self._shapes[key]
+
+    def outputs(self, start: int, end: int) -> list[relax.Var]:
+        last = self.last_use
+        return [n.var for n in self.nodes[start : end + 1] if last.get(n.key, -1) > end]
+
+    def computed_in(self, key: int | None, start: int, end: int) -> bool:
+        """Whether a kernel inside ``[start, end]`` computes the data of ``key``, rather than
+        it being a region input, a constant, or a view of one (an alias, a tuple read, a
+        reshape)."""
+        while key is not None:
+            at = self.position.get(key)
+            if at is None or not start <= at <= end:
+                return False  # a region input or a parameter
+            node = self.nodes[at]
+            if node.kind == _TUPLE:
+                return any(self.computed_in(k, start, end) for k in node.source)
+            if node.kind in (_ALIAS, _GET) or node.view:
+                key = node.source
+                continue
+            return True  # a kernel, control flow, anything else that makes new data
+        return False
+
+    def trace(
+        self, start: int, end: int, output_axes: Mapping[str, int], function_name: str
+    ) -> ChunkCandidate:
+        if self._traces_generation != rules.generation():
+            self._traces.clear()
+            self._traces_generation = rules.generation()
+        key = (start, end, tuple(sorted(output_axes.items())), function_name)
+        found = self._traces.get(key)
+        if found is None:
+            try:
+                found = self._trace(start, end, output_axes, function_name)
+            except CantChunk as err:
+                found = err
+            if len(self._traces) >= _TRACE_CACHE_LIMIT:
+                self._traces.clear()
+            self._traces[key] = found
+        if isinstance(found, CantChunk):
+            raise type(found)(*found.args)
+        return found
+
+    def _trace(
+        self, start: int, end: int, output_axes: Mapping[str, int], function_name: str
+    ) -> ChunkCandidate:
+        if not 0 <= start <= end < len(self.nodes):
+            raise CantChunk(f"region [{start}, {end}] outside the {len(self.nodes)} bindings")
+        outputs = self.outputs(start, end)
+        if not outputs:
+            raise CantChunk("the region has no output")
+        names = {v.name for v in outputs}
+        if set(output_axes) != names:
+            raise CantChunk(
+                f"output axes given for {sorted(output_axes)}, outputs are {sorted(names)}"
+            )
+        region = self.nodes[start : end + 1]
+        for var in outputs:
+            if not self.computed_in(_key(var), start, end):
+                # NOTE [outputs need a kernel]: `q, k, v = qkv(x).split(...)` reads fields of a
+                # tuple made before the region; a region that starts at such a read would
+                # output a view of its own input, which no kernel of its loop writes.
+                raise CantChunk(f"output {var.name} is a view of a region input: start after it")
+        tracer = _Tracer(self, start, end)
+        for var in outputs:
+            shape = self.shape(_key(var))
+            if shape is None or isinstance(var.ty, relax.TupleType):
+                raise CantChunk(f"output {var.name} is not a tensor of known rank")
+            axis = output_axes[var.name]
+            if not -len(shape) <= axis < len(shape):
+                raise CantChunk(f"output {var.name} has no axis {axis}")
+            tracer.settings[_key(var)] = (axis % len(shape), Fraction(1))
+        for node in reversed(region):
+            tracer.visit(node)
+
+        axes = _normalize(tracer.settings)
+        extent = self._extent(axes)
+        const_names: dict[int, str] = {}
+        for node in region:
+            for key, name in node.constants:
+                const_names.setdefault(key, name)
+        inputs = [(const_names.get(k) or self.name(k), axes[k]) for k in tracer.inputs]
+        return ChunkCandidate(
+            function=function_name,
+            start=start,
+            end=end,
+            bindings=tuple((n.name, axes[n.key]) for n in region),
+            inputs=tuple(inputs),
+            outputs=tuple((v.name, axes[_key(v)]) for v in outputs),
+            extent=extent,
+            hoistable=tuple(n.name for n in region if not axes[n.key].chunked),
+        )
+
+    def _extent(self, axes: Mapping[int, ChunkAxis]) -> int | str:
+        extent = None
+        for key, chunk in axes.items():
+            if not chunk.chunked:
+                continue
+            shape = self.shape(key)
+            if shape is None:
+                raise CantChunk(f"{self.name(key)} has no known shape")
+            dim = shape[chunk.axis]
+            if static(dim) is not None:
+                if static(dim) % chunk.scale:
+                    raise CantChunk(
+                        f"{self.name(key)}: dim {dim} not a multiple of scale {chunk.scale}"
+                    )
+                units = static(dim) // chunk.scale
+            elif chunk.scale == 1:
+                units = dim
+            else:
+                raise CantChunk("scaled chunk of a symbolic dim")
+            if extent is None:
+                extent = units
+            elif not same_dim(extent, units):
+                raise CantChunk(f"chunk extents differ ({extent} vs {units}): outputs not aligned")
+        if extent is None:
+            raise CantChunk("nothing is chunked")
+        if static(extent) is not None:
+            if static(extent) < 2:
+                raise CantChunk("a chunk extent below 2 (size-1 axis)")
+            return static(extent)
+        return str(extent)
 
 
 class _Tracer:
-    def __init__(self, region: list[relax.Binding]) -> None:
-        self.inside = {b.var for b in region}
-        self.settings: dict[relax.Expr, _Setting] = {}
-        self.inputs: dict[relax.Expr, None] = {}  # ordered set of values read from outside
+    """The settings of one region's trace, keyed like the index (NOTE [flow index])."""
 
-    def assign(self, value: relax.Expr, setting: _Setting) -> None:
-        if not isinstance(value, relax.Var | tvm.ir.expr.GenericConst):
+    def __init__(self, index: _FlowIndex, start: int, end: int) -> None:
+        self.index = index
+        self.start, self.end = start, end
+        self.settings: dict[int, _Setting] = {}
+        self.inputs: dict[int, None] = {}  # ordered set of values read from outside
+
+    def assign(self, key: int | None, setting: _Setting) -> None:
+        if key is None:
             return  # shapes, prim values: never chunked
-        old = self.settings.get(value)
+        old = self.settings.get(key)
         if old is not None and old != setting:
-            raise CantChunk(f"{_name(value)} needs two different chunk settings (unique setting)")
-        self.settings[value] = setting
-        if value not in self.inside:
-            self.inputs[value] = None
+            raise CantChunk(
+                f"{self.index.name(key)} needs two different chunk settings (unique setting)"
+            )
+        self.settings[key] = setting
+        at = self.index.position.get(key)
+        if at is None or not self.start <= at <= self.end:
+            self.inputs[key] = None
 
-    def visit(self, binding: relax.Binding) -> None:
-        var, value = binding.var, binding.value
-        setting = self.settings.get(var, _WHOLE)
-        self.settings[var] = setting
-        axis, scale = setting
-        if isinstance(value, relax.Var | tvm.ir.expr.GenericConst):
-            self.assign(value, setting)
-        elif isinstance(value, relax.TupleGetItem):
-            self.assign(value.tuple_value, setting)  # a chunked tuple has all fields chunked
-        elif isinstance(value, relax.Tuple):
-            for field in value.fields:
+    def visit(self, node: _Node) -> None:
+        setting = self.settings.get(node.key, _WHOLE)
+        self.settings[node.key] = setting
+        kind = node.kind
+        if kind == _ALIAS or kind == _GET:
+            self.assign(node.reads, setting)  # a chunked tuple has all fields chunked
+        elif kind == _TUPLE:
+            for field in node.reads:
                 self.assign(field, setting)
-        elif isinstance(value, relax.Call):
+        elif kind == _OP_CALL or kind == _FUNC_CALL:
+            axis, scale = setting
             if axis is None:
-                for arg in value.args:  # computed whole: everything it reads is whole
-                    self._assign_arg(arg, _WHOLE)
+                for entry in node.reads:  # computed whole: everything it reads is whole
+                    self._assign_arg(entry, _WHOLE)
                 return
-            if not isinstance(value.op, tvm.ir.Op):
-                raise CantChunk(f"{var.name} calls a function (barrier)")
-            flows = _arg_flows(value, axis)
-            for arg, arg_flow in zip(value.args, flows):
+            if kind == _FUNC_CALL:
+                raise CantChunk(f"{node.var.name} calls a function (barrier)")
+            flows = _arg_flows(node.call, axis)
+            for entry, arg_flow in zip(node.reads, flows):
                 if isinstance(arg_flow, list):  # a tuple argument: one flow per field
-                    for field, field_flow in zip(arg.fields, arg_flow):
+                    if not isinstance(entry, tuple):
+                        raise CantChunk(f"{node.var.name}: a tuple flow for a non-tuple argument")
+                    for field, field_flow in zip(entry, arg_flow):
                         self.assign(field, _scaled(field_flow, scale))
                 else:
-                    self._assign_arg(arg, _scaled(arg_flow, scale))
+                    self._assign_arg(entry, _scaled(arg_flow, scale))
         else:
-            raise CantChunk(f"{var.name} is a {type(value).__name__} (control flow): barrier")
+            raise CantChunk(f"{node.var.name} is a {node.reads} (control flow): barrier")
 
-    def _assign_arg(self, arg: relax.Expr, setting: _Setting) -> None:
-        if isinstance(arg, relax.Tuple):
-            for field in arg.fields:
+    def _assign_arg(self, entry, setting: _Setting) -> None:
+        if isinstance(entry, tuple):
+            for field in entry:
                 self.assign(field, setting)
         else:
-            self.assign(arg, setting)
+            self.assign(entry, setting)
 
 
 def _scaled(arg_flow, scale: Fraction) -> _Setting:
     if arg_flow is None:
         return _WHOLE
     axis, ratio = arg_flow
-    return (axis, scale * ratio)
+    return (axis, scale if ratio == 1 else scale * ratio)
 
 
 def _name(value: relax.Expr) -> str:
     return value.name if isinstance(value, relax.Var) else "a constant"
 
 
-def _normalize(settings: Mapping[relax.Expr, _Setting]) -> dict[relax.Expr, ChunkAxis]:
+def _normalize(settings: Mapping[int, _Setting]) -> dict[int, ChunkAxis]:
+    """Rational scales to the smallest integers in the same proportions."""
     scales = [s for a, s in settings.values() if a is not None]
-    denominators = math.lcm(*(s.denominator for s in scales))
-    integers = [int(s * denominators) for s in scales]
-    common = math.gcd(*integers)
+    denominator = math.lcm(*(s.denominator for s in scales))
+    common = math.gcd(*(s.numerator * (denominator // s.denominator) for s in scales))
+    axes: dict[tuple[int, int], ChunkAxis] = {}  # one record per (axis, scale)
     result = {}
     for value, (axis, scale) in settings.items():
         if axis is None:
             result[value] = WHOLE
-        else:
-            result[value] = ChunkAxis(axis, int(scale * denominators) // common)
-    return result
-
-
-def _extent(axes: Mapping[relax.Expr, ChunkAxis]) -> int | str:
-    extent = None
-    for value, chunk in axes.items():
-        if not chunk.chunked:
             continue
-        shape = (
-            shape_of(value) if not isinstance(value.ty, relax.TupleType) else _tuple_shape(value)
-        )
-        if shape is None:
-            raise CantChunk(f"{_name(value)} has no known shape")
-        dim = shape[chunk.axis]
-        if static(dim) is not None:
-            if static(dim) % chunk.scale:
-                raise CantChunk(f"{_name(value)}: dim {dim} not a multiple of scale {chunk.scale}")
-            units = static(dim) // chunk.scale
-        elif chunk.scale == 1:
-            units = dim
-        else:
-            raise CantChunk("scaled chunk of a symbolic dim")
-        if extent is None:
-            extent = units
-        elif not same_dim(extent, units):
-            raise CantChunk(f"chunk extents differ ({extent} vs {units}): outputs not aligned")
-    if extent is None:
-        raise CantChunk("nothing is chunked")
-    if static(extent) is not None:
-        if static(extent) < 2:
-            raise CantChunk("a chunk extent below 2 (size-1 axis)")
-        return static(extent)
-    return str(extent)
+        units = scale.numerator * (denominator // scale.denominator) // common
+        chunk = axes.get((axis, units))
+        if chunk is None:
+            chunk = axes[(axis, units)] = ChunkAxis(axis, units)
+        result[value] = chunk
+    return result
 
 
 def _tuple_shape(value: relax.Expr) -> list | None:
@@ -284,27 +524,6 @@ def _tuple_shape(value: relax.Expr) -> list | None:
     return None
 
 
-def _computed_in(expr: relax.Expr, values: Mapping[relax.Var, relax.Expr]) -> bool:
-    """Whether a kernel inside the region computes ``expr``'s data, rather than ``expr``
-    being a region input, a constant, or a view of one (an alias, a tuple read, a reshape)."""
-    while True:
-        if isinstance(expr, relax.TupleGetItem):
-            tup = expr.tuple_value
-            expr = tup.fields[expr.index] if isinstance(tup, relax.Tuple) else tup
-            continue
-        if not isinstance(expr, relax.Var) or expr not in values:
-            return False  # a region input or a constant
-        value = values[expr]
-        if isinstance(value, relax.Tuple):
-            return any(_computed_in(f, values) for f in value.fields)
-        if isinstance(value, relax.Var | relax.TupleGetItem | tvm.ir.expr.GenericConst):
-            expr = value
-        elif isinstance(value, relax.Call) and is_view_value(value) and value.args:
-            expr = value.args[0]
-        else:
-            return True  # a kernel, control flow, anything else that makes new data
-
-
 def trace_region(
     func: relax.Function,
     start: int,
@@ -312,22 +531,18 @@ def trace_region(
     output_axes: Mapping[str, int],
     *,
     function_name: str = "main",
-    last_use: dict[relax.Var, int] | None = None,
-    bindings: list[relax.Binding] | None = None,
 ) -> ChunkCandidate:
     """Trace the chunk flow of region ``[start, end]`` with its outputs chunked as given.
 
     Parameters
     ----------
     func
-        The Relax function.
+        The Relax function. It is read once and the answers kept (NOTE [flow index]), so
+        tracing many regions of one function costs each its region's length.
     start, end
         Inclusive binding indices.
     output_axes
         Chunk axis of every region output, by variable name (negative axes allowed).
-    last_use, bindings
-        Precomputed :func:`last_uses` and :func:`flat_bindings` of ``func`` (for speed when
-        tracing many regions of one function).
 
     Returns
     -------
@@ -338,46 +553,4 @@ def trace_region(
     CantChunk
         If the flow is illegal under any of the four rules.
     """
-    bindings = bindings if bindings is not None else flat_bindings(func)
-    if not 0 <= start <= end < len(bindings):
-        raise CantChunk(f"region [{start}, {end}] outside the {len(bindings)} bindings")
-    outputs = region_outputs(func, start, end, last_use, bindings)
-    if not outputs:
-        raise CantChunk("the region has no output")
-    names = {v.name for v in outputs}
-    if set(output_axes) != names:
-        raise CantChunk(f"output axes given for {sorted(output_axes)}, outputs are {sorted(names)}")
-
-    region = bindings[start : end + 1]
-    values = {b.var: b.value for b in region}
-    for var in outputs:
-        if not _computed_in(var, values):
-            # NOTE [outputs need a kernel]: `q, k, v = qkv(x).split(...)` reads fields of a
-            # tuple made before the region; a region that starts at such a read would output
-            # a view of its own input, which no kernel of its loop writes.
-            raise CantChunk(f"output {var.name} is a view of a region input: start after it")
-    tracer = _Tracer(region)
-    for var in outputs:
-        shape = shape_of(var)
-        if shape is None:
-            raise CantChunk(f"output {var.name} is not a tensor of known rank")
-        axis = output_axes[var.name]
-        if not -len(shape) <= axis < len(shape):
-            raise CantChunk(f"output {var.name} has no axis {axis}")
-        tracer.settings[var] = (axis % len(shape), Fraction(1))
-    for binding in reversed(region):
-        tracer.visit(binding)
-
-    axes = _normalize(tracer.settings)
-    extent = _extent(axes)
-    const_names = constant_names(region)
-    return ChunkCandidate(
-        function=function_name,
-        start=start,
-        end=end,
-        bindings=tuple((b.var.name, axes[b.var]) for b in region),
-        inputs=tuple((const_names.get(v) or v.name, axes[v]) for v in tracer.inputs),
-        outputs=tuple((v.name, axes[v]) for v in outputs),
-        extent=extent,
-        hoistable=tuple(b.var.name for b in region if not axes[b.var].chunked),
-    )
+    return _FlowIndex.of(func).trace(start, end, output_axes, function_name)

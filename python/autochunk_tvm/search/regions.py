@@ -12,7 +12,7 @@ from tvm import relax
 from ..analysis import MemoryProfile, estimate_activation_memory
 from ..analysis.views import is_view
 from .candidate import CantChunk, ChunkCandidate
-from .flow import flat_bindings, last_uses, region_outputs, trace_region
+from .flow import flat_bindings, region_outputs, trace_region
 from .rules import same_dim, shape_of, static
 
 logger = logging.getLogger("autochunk_tvm")
@@ -32,25 +32,26 @@ DEFAULT_WINDOW = 24
 MAX_OUTPUTS = 3
 
 
-def _axis_choices(var: relax.Var) -> list[int]:
-    shape = shape_of(var)
+def _axis_choices(shape: list | None) -> list[int]:
     if shape is None:
         return []
     return [a for a, d in enumerate(shape) if static(d) != 1]
 
 
-def aligned_combinations(outputs: list[relax.Var]):
+def aligned_combinations(outputs: list[relax.Var], shape=shape_of):
     """Axis choices for all outputs whose dims along the chunk axis are equal (stage 1).
 
     Conservative: outputs that align only through a reshape scale (``(24, 8)`` beside
-    ``(4, 6, 8)``) are not paired, so such multi-output regions are not proposed.
+    ``(4, 6, 8)``) are not paired, so such multi-output regions are not proposed. ``shape``
+    reads a variable's shape (:func:`~.rules.shape_of`, or a cached form of it).
     """
-    first = outputs[0]
+    shapes = [shape(v) for v in outputs]
+    first = shapes[0]
     for axis in _axis_choices(first):
-        dim = shape_of(first)[axis]
+        dim = first[axis]
         rest = []
-        for var in outputs[1:]:
-            matching = [a for a in _axis_choices(var) if same_dim(shape_of(var)[a], dim)]
+        for other in shapes[1:]:
+            matching = [a for a in _axis_choices(other) if same_dim(other[a], dim)]
             if not matching:
                 break
             rest.append(matching)
@@ -123,17 +124,24 @@ def search_chunk_candidates(
         peak = profile.peak_index
         if peak < 0:
             return []
-    last_use = last_uses(func)
     first, last = window_bounds(bindings, peak, window)
     found: list[ChunkCandidate] = []
     traced = 0
+    shapes: dict[int, list | None] = {}  # per variable handle: the windows' regions share outputs
+
+    def shape(var: relax.Var) -> list | None:
+        handle = var.__chandle__()
+        if handle not in shapes:
+            shapes[handle] = shape_of(var)
+        return shapes[handle]
+
     for start in range(first, peak + 1):
         for end in range(peak, last + 1):
-            outputs = region_outputs(func, start, end, last_use, bindings)
+            outputs = region_outputs(func, start, end)
             # Stage 1: cheap checks on the region's outputs only.
             if not outputs or len(outputs) > MAX_OUTPUTS:
                 continue
-            for combo in aligned_combinations(outputs):
+            for combo in aligned_combinations(outputs, shape):
                 traced += 1
                 axes = {v.name: a for v, a in zip(outputs, combo)}
                 try:  # Stage 2: the full flow trace
@@ -144,8 +152,6 @@ def search_chunk_candidates(
                             end,
                             axes,
                             function_name=func_name,
-                            last_use=last_use,
-                            bindings=bindings,
                         )
                     )
                 except CantChunk:

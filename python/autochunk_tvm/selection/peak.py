@@ -190,7 +190,7 @@ def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
     # made chunk by chunk. The tracer says why it does not.
     refusals = []
     for end in (used_until, p):
-        outputs = region_outputs(func, p, end, last_use, bindings)
+        outputs = region_outputs(func, p, end)
         if not outputs or len(outputs) > MAX_OUTPUTS:
             refusals.append(f"[{p}-{end}] has {len(outputs)} outputs")
             continue
@@ -200,7 +200,7 @@ def _why_held(func, bindings, last_use, steps, p: int, nbytes: int) -> str:
         for combo in combos:
             axes = {v.name: a for v, a in zip(outputs, combo)}
             try:
-                trace_region(func, p, end, axes, last_use=last_use, bindings=bindings)
+                trace_region(func, p, end, axes)
             except CantChunk as err:
                 refusals.append(f"[{p}-{end}] on axis {combo[0]}: {err}")
                 continue

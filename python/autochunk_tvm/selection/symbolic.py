@@ -33,7 +33,7 @@ from ..lowering import ChunkStep
 from ..lowering.bounds import with_bounds
 from ..lowering.plan import ordered_steps
 from ..search.candidate import CantChunk, ChunkCandidate
-from ..search.flow import flat_bindings, last_uses, trace_region
+from ..search.flow import flat_bindings, trace_region
 
 if TYPE_CHECKING:
     from .estimate import PlanEstimate, PlanEstimator
@@ -123,8 +123,6 @@ class AtTheBound:
         static[func_name] = func.bind_symbolic_vars(dict(dims.bounds))
         self.static = static
         self._func = func
-        self._bindings = flat_bindings(func)
-        self._last_use = last_uses(func)
         self._twins: dict[ChunkCandidate, ChunkCandidate | None] = {}
 
     def twin(self, cand: ChunkCandidate) -> ChunkCandidate | None:
@@ -158,8 +156,6 @@ class AtTheBound:
                 cand.end,
                 {name: axis.axis for name, axis in cand.outputs},
                 function_name=self.func_name,
-                last_use=self._last_use,
-                bindings=self._bindings,
             )
         except CantChunk:
             return None
