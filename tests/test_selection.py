@@ -213,6 +213,22 @@ def test_selection_meets_the_budget_with_attention_and_mlp_per_block(gpt):
     assert lowered.footprint == sel.estimate.footprint
 
 
+def test_on_cpu_positions_are_read_back_as_if_the_function_were_renamed(gpt, monkeypatch):
+    # Without fusion the estimate renames nothing unless a helper binding takes a high-level
+    # name (PlanEstimator._helper_names_collide); reading positions back must agree with the
+    # full renaming (NOTE [names after fusion]) on a chunked plan, whose composites add helpers.
+    _, _, mod, est = gpt
+    steps = select_plan(mod, 0.5, "llvm", estimator=est).plan.steps
+    short = est.estimate(steps)
+    renamed = PlanEstimator(mod, "llvm")
+    monkeypatch.setattr(renamed, "_helper_names_collide", lambda func: True)
+    full = renamed.estimate(steps)
+    assert (
+        short.position == full.position and short.allocation.footprint == full.allocation.footprint
+    )
+    assert "_" in full.allocation.bindings  # helpers were there to rename
+
+
 def test_chunk_lengths_are_the_largest_that_fit(gpt):
     _, _, mod, est = gpt
     sel = select_plan(mod, 0.5, "llvm", estimator=est, headroom=0.0)

@@ -129,6 +129,8 @@ class PlanEstimator:
         self.bounds = dict(bounds) if bounds else None
         self._regions = LoweringCache()
         self._estimates: dict[tuple, PlanEstimate] = {}
+        self._anchor_names: frozenset[str] | None = None  # made when first needed
+        self._anchor_handles: frozenset[int] = frozenset()
         # NOTE [legalize once]: legalizing the whole module dominates an estimate. The passes
         # up to LegalizeOps run once; each plan's composites are spliced into the result and
         # only the passes after it run per plan. LegalizeOps rewrites binding by binding and
@@ -216,6 +218,8 @@ class PlanEstimator:
         func = fused[self.func_name]
         if not isinstance(func.body, relax.SeqExpr):
             return fused
+        if not self._back_fused and not self._helper_names_collide(func):
+            return fused
         anchors = {b.var for b in self.bindings}
         made_by = {}  # (callee, argument names) -> the high-level binding that call computes
         for binding in flat_bindings(front[self.func_name]):
@@ -256,6 +260,25 @@ class PlanEstimator:
         out = tvm.IRModule(dict(fused.functions.items()), attrs=fused.attrs)
         out[self.func_name] = renamed
         return relax.transform.Normalize()(out)
+
+    def _helper_names_collide(self, func: relax.Function) -> bool:
+        """Whether a binding of ``func`` that is not a high-level variable has the name of
+        one.
+
+        Without fusion (the CPU pipeline) every binding is a high-level variable or a helper
+        that legalization or a chunked region added, and a helper is read back as the next
+        high-level binding unless its name is one of theirs. Only then must the function be
+        renamed: renaming the 17k bindings of a 48-block Evoformer per plan was a seventh of
+        its selection, and on CPU no helper name has been seen to collide.
+        """
+        if self._anchor_names is None:
+            self._anchor_names = frozenset(b.var.name for b in self.bindings)
+            self._anchor_handles = frozenset(b.var.__chandle__() for b in self.bindings)
+        return any(
+            b.var.name in self._anchor_names
+            for b in flat_bindings(func)
+            if b.var.__chandle__() not in self._anchor_handles
+        )
 
     def _positions(self, names: tuple[str, ...]) -> tuple[int, ...]:
         last = len(self.bindings)  # past the end: the function's return
