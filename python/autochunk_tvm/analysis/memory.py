@@ -336,15 +336,26 @@ def _callee_name(value: relax.Call) -> str:
     return callee.name_hint
 
 
-def _constants(expr: relax.Expr, found: dict[relax.Expr, None]) -> None:
+def _constants(expr: relax.Expr, found: dict[int, relax.Expr]) -> None:
     if isinstance(expr, tvm.ir.expr.GenericConst):
-        found[expr] = None
+        found.setdefault(_handle(expr), expr)
     elif isinstance(expr, relax.Call):
-        for arg in expr.args:
+        for arg in expr.args[:]:  # a slice reads the FFI array in one call
             _constants(arg, found)
     elif isinstance(expr, relax.Tuple):
-        for field in expr.fields:
+        for field in expr.fields[:]:
             _constants(field, found)
+
+
+def _handle(expr: relax.Expr) -> int:
+    """The key of an IR object in the analysis' tables.
+
+    NOTE [keys by handle]: every read of ``binding.var`` makes a new Python wrapper, so a
+    dict keyed by the variable compares wrappers with ``Expr.__eq__``, which reads the type
+    through the FFI: half the liveness walk of a selection estimate. Tables are keyed by the
+    object's handle instead, stable while the function (which holds the object) is alive.
+    """
+    return expr.__chandle__()
 
 
 def _storage_alloc_bytes(value: relax.Call) -> SizeExpr | None:
@@ -416,8 +427,15 @@ class Liveness:
     weight_bytes: int
     bounds: dict[str, int]
     unsized: list[str]
-    # The storages behind each variable (params and bound vars), as indices into ``storages``.
-    backing: dict[relax.Var, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # The storages behind each variable (params and bound vars), as indices into ``storages``,
+    # by the variable's handle (NOTE [keys by handle]); read it with :meth:`storages_of`.
+    backing: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # The function analysed: it holds the objects whose handles key ``backing``.
+    func: relax.Function | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def storages_of(self, var: relax.Var) -> tuple[int, ...]:
+        """The storages behind ``var`` (indices into ``storages``); none for weights."""
+        return self.backing.get(_handle(var), ())
 
     @property
     def workspaces(self) -> list[int]:
@@ -440,10 +458,10 @@ class _LivenessVisitor:
     def __init__(self, mod, func, bounds, workspace):
         self.mod, self.func, self.bounds, self.workspace = mod, func, bounds, workspace
         self.storages: list[Storage] = []
-        self.backing: dict[relax.Var, Backing] = {}
+        self.backing: dict[int, Backing] = {}  # by handle (NOTE [keys by handle])
         # Values whose fields are each backed by exactly one storage, so ``t[i]`` can alias
         # just the i-th field's storage.
-        self.fields: dict[relax.Var, Backing] = {}
+        self.fields: dict[int, Backing] = {}
         self.unsized: list[str] = []
         self.weight_bytes = 0
         self.index = -1
@@ -473,9 +491,9 @@ class _LivenessVisitor:
     def backing_of(self, expr: relax.Expr) -> Backing:
         """The storages behind any expression that can be an operand."""
         if isinstance(expr, relax.Var):
-            return self.backing.get(expr, ())
+            return self.backing.get(_handle(expr), ())
         if isinstance(expr, relax.Tuple):
-            return tuple(s for f in expr.fields for s in self.backing_of(f))
+            return tuple(s for f in expr.fields[:] for s in self.backing_of(f))
         if isinstance(expr, relax.TupleGetItem):
             return self.field_of(expr.tuple_value, expr.index)
         return ()  # constants (weights), shapes, scalars: no activation storage
@@ -483,7 +501,7 @@ class _LivenessVisitor:
     def fields_of(self, expr: relax.Expr) -> Backing | None:
         """One storage per field of a tuple-valued expression, when that is known."""
         if isinstance(expr, relax.Var):
-            return self.fields.get(expr)
+            return self.fields.get(_handle(expr))
         if isinstance(expr, relax.Tuple):
             per_field = [self.backing_of(f) for f in expr.fields]
             if all(len(fs) == 1 for fs in per_field):
@@ -518,7 +536,7 @@ class _LivenessVisitor:
                 self.new_storage(f"{var.name}[{i}]", _known_bytes(field), StorageKind.INTERMEDIATE)
                 for i, field in enumerate(var.ty.fields)
             )
-            self.fields[var] = fields
+            self.fields[_handle(var)] = fields
             return fields
         return (self.new_storage(var.name, size, StorageKind.INTERMEDIATE),)
 
@@ -526,15 +544,15 @@ class _LivenessVisitor:
 
     def visit_var(self, var: relax.Var, value: relax.Var) -> Backing:
         """An alias (also a ``match_cast``): the source's storages."""
-        if value in self.fields:
-            self.fields[var] = self.fields[value]
+        if _handle(value) in self.fields:
+            self.fields[_handle(var)] = self.fields[_handle(value)]
         return self.backing_of(value)
 
     def visit_tuple(self, var: relax.Var, value: relax.Tuple) -> Backing:
         """Packing values into a tuple allocates nothing."""
         fields = self.fields_of(value)
         if fields is not None:
-            self.fields[var] = fields
+            self.fields[_handle(var)] = fields
         return self.backing_of(value)
 
     def visit_tuple_get_item(self, var: relax.Var, value: relax.TupleGetItem) -> Backing:
@@ -589,7 +607,7 @@ class _LivenessVisitor:
                 break
         else:
             method = self.visit_unknown
-        self.backing[var] = method(var, value)
+        self.backing[_handle(var)] = method(var, value)
 
     def visit_params(self, num_input: int) -> None:
         """Activation inputs are storages owned by the caller; weights are not."""
@@ -600,10 +618,10 @@ class _LivenessVisitor:
                 size = 0
             if i >= num_input:
                 self.weight_bytes += evaluate(size, self.bounds)
-                self.backing[param] = ()
+                self.backing[_handle(param)] = ()
                 continue
             self.index = -1
-            self.backing[param] = (self.new_storage(param.name, size, StorageKind.INPUT),)
+            self.backing[_handle(param)] = (self.new_storage(param.name, size, StorageKind.INPUT),)
 
 
 def analyse_liveness(
@@ -628,7 +646,7 @@ def analyse_liveness(
     visitor.visit_params(num_input)
 
     # Step 2. Bindings: which storages back each value, which are new; what each uses.
-    constants: dict[relax.Expr, None] = {}  # ordered set, keyed by object identity
+    constants: dict[int, relax.Expr] = {}  # by handle, in order
     ops: list[str] = []
     workspaces: list[tuple[SizeExpr, ...]] = []
     callee_shapes: list[dict[str, int]] = []  # a generic kernel's shape variables, per call
@@ -639,7 +657,11 @@ def analyse_liveness(
         ops.append(binding_op(value))
         _constants(value, constants)
         uses.append(
-            {s for v in relax.analysis.free_vars(value) for s in visitor.backing.get(v, ())}
+            {
+                s
+                for v in relax.analysis.free_vars(value)
+                for s in visitor.backing.get(_handle(v), ())
+            }
         )
         prim = _called_primfunc(value, mod)
         if prim is None:
@@ -663,7 +685,7 @@ def analyse_liveness(
     result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
     result_storages = set(visitor.backing_of(result))
     result_storages |= {
-        s for v in relax.analysis.free_vars(result) for s in visitor.backing.get(v, ())
+        s for v in relax.analysis.free_vars(result) for s in visitor.backing.get(_handle(v), ())
     }
     for s, st in enumerate(storages):
         if st.kind is StorageKind.INPUT:
@@ -674,7 +696,7 @@ def analyse_liveness(
             st.end = st.start  # never used: freed right after it is made
 
     weight_bytes = visitor.weight_bytes
-    for c in constants:
+    for c in constants.values():
         weight_bytes += evaluate(_known_bytes(c.ty), use_bounds)
     return Liveness(
         bindings=bindings,
@@ -690,6 +712,7 @@ def analyse_liveness(
         bounds=use_bounds,
         unsized=visitor.unsized,
         backing=visitor.backing,
+        func=func,
     )
 
 

@@ -494,37 +494,39 @@ def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> fr
     )(lowered)
     # The pass also folds variable aliases (``lv = alloc``) into their source: a variable no
     # longer bound there is cleared with its source.
-    remaining: set[relax.Var] = set()
-    cleared: set[relax.Var] = set()
+    # By handle (NOTE [keys by handle], analysis/memory.py): the passes keep the variables.
+    remaining: set[int] = set()
+    cleared: set[int] = set()
     for binding in flat_bindings(cleared_mod[func_name]):
-        remaining.add(binding.var)
+        remaining.add(binding.var.__chandle__())
         value = binding.value
         if op_name(value) in _KILL_OPS and isinstance(value.args[0], relax.Var):
-            cleared.add(value.args[0])
+            cleared.add(value.args[0].__chandle__())
+    held = remaining - cleared
     return frozenset(
         s
         for binding in live.bindings
-        if binding.var in remaining and binding.var not in cleared
-        for s in live.backing.get(binding.var, ())
+        if binding.var.__chandle__() in held
+        for s in live.storages_of(binding.var)
     )
 
 
 def _storage_tensors(bindings) -> dict[int, tuple[tuple[int, int], ...]]:
     alloc_storage = tvm.ir.Op.get("relax.memory.alloc_storage")
     alloc_tensor = tvm.ir.Op.get("relax.memory.alloc_tensor")
-    storage_at: dict[relax.Var, int] = {}
+    storage_at: dict[int, int] = {}  # by the storage variable's handle
     tensors: dict[int, list[tuple[int, int]]] = {}
     for j, binding in enumerate(bindings):
         value = binding.value
         if not isinstance(value, relax.Call):
             continue
         if value.op.same_as(alloc_storage):
-            storage_at[binding.var] = j
+            storage_at[binding.var.__chandle__()] = j
             tensors[j] = []
-        elif value.op.same_as(alloc_tensor) and value.args[0] in storage_at:
+        elif value.op.same_as(alloc_tensor) and value.args[0].__chandle__() in storage_at:
             nbytes = type_bytes(binding.var.ty)
             if isinstance(nbytes, tvm.tirx.IntImm):
                 nbytes = int(nbytes)
             if isinstance(nbytes, int):
-                tensors[storage_at[value.args[0]]].append((j, nbytes))
+                tensors[storage_at[value.args[0].__chandle__()]].append((j, nbytes))
     return {j: tuple(ts) for j, ts in tensors.items()}
