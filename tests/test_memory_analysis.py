@@ -363,3 +363,35 @@ def test_one_list_of_views_for_memory_cost_and_report():
     flat = _tensor("f", 24)
     p = ac.estimate_activation_memory(_function([x], [(flat, relax.op.flatten(x))], flat))
     assert p.bindings[0].own_bytes == 0
+
+
+def _copy_kernel(n):
+    @T.prim_func(private=True, s_tir=True)
+    def copy(a: T.Buffer((n,), "float32"), b: T.Buffer((n,), "float32")):
+        for i in range(n):
+            with T.sblock("b"):
+                vi = T.axis.spatial(n, i)
+                b[vi] = a[vi]
+
+    return copy
+
+
+def test_a_structural_memo_finds_a_node_it_knows_by_handle_without_hashing(monkeypatch):
+    # NOTE [identity first]: the modules of successive plans share their kernels as objects.
+    import tvm_ffi
+
+    from autochunk_tvm.analysis import memo
+
+    hashed = []
+    real_hash = tvm_ffi.structural_hash
+    monkeypatch.setattr(memo.tvm_ffi, "structural_hash", lambda n: hashed.append(n) or real_hash(n))
+    cache = memo.StructuralMemo()
+    first, twin, other = _copy_kernel(8), _copy_kernel(8), _copy_kernel(16)
+    assert first is not twin and first.__chandle__() != twin.__chandle__()
+    cache.put(first, "sizes", "llvm")
+    hashed.clear()
+    assert cache.get(first, "llvm") == "sizes" and not hashed  # the stored object itself
+    assert cache.get(twin, "llvm") == "sizes" and len(hashed) == 1  # equal: found by its hash
+    assert cache.get(twin, "llvm") == "sizes" and len(hashed) == 1  # ... and known from then on
+    assert cache.get(twin, "cuda") is None  # the other key parts still count
+    assert cache.get(other, "llvm") is None

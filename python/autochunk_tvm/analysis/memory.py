@@ -337,14 +337,27 @@ def _callee_name(value: relax.Call) -> str:
 
 
 def _constants(expr: relax.Expr, found: dict[int, relax.Expr]) -> None:
-    if isinstance(expr, tvm.ir.expr.GenericConst):
+    kind = _CONSTANT_WALK.get(type(expr))
+    if kind is None:  # a class not seen yet (isinstance on IR classes is slow: ask once)
+        kind = _CONSTANT_WALK[type(expr)] = next(
+            (k for k, cls in _CONSTANT_KINDS if isinstance(expr, cls)), ""
+        )
+    if kind == "const":
         found.setdefault(_handle(expr), expr)
-    elif isinstance(expr, relax.Call):
+    elif kind == "call":
         for arg in expr.args[:]:  # a slice reads the FFI array in one call
             _constants(arg, found)
-    elif isinstance(expr, relax.Tuple):
+    elif kind == "tuple":
         for field in expr.fields[:]:
             _constants(field, found)
+
+
+_CONSTANT_KINDS = (
+    ("const", tvm.ir.expr.GenericConst),
+    ("call", relax.Call),
+    ("tuple", relax.Tuple),
+)
+_CONSTANT_WALK: dict[type, str] = {}  # a value's class -> its kind in _CONSTANT_KINDS, or ""
 
 
 def _handle(expr: relax.Expr) -> int:
@@ -481,6 +494,7 @@ class _LivenessVisitor:
             (relax.ExternFunc, self.visit_no_storage),
             (tvm.ir.GlobalVar, self.visit_no_storage),
         )
+        self._dispatch_of: dict[type, int] = {}  # a value's class -> its entry, -1 for none
 
     # -- building blocks -------------------------------------------------------------------
 
@@ -602,11 +616,13 @@ class _LivenessVisitor:
     def visit_binding(self, index: int, binding: relax.Binding) -> None:
         var, value = binding.var, binding.value
         self.index, self.own = index, 0
-        for kind, method in self._dispatch:
-            if isinstance(value, kind):
-                break
-        else:
-            method = self.visit_unknown
+        at = self._dispatch_of.get(type(value))
+        if at is None:  # the first value of its class: find its method once
+            at = next(
+                (k for k, (kind, _) in enumerate(self._dispatch) if isinstance(value, kind)), -1
+            )
+            self._dispatch_of[type(value)] = at
+        method = self._dispatch[at][1] if at >= 0 else self.visit_unknown
         self.backing[_handle(var)] = method(var, value)
 
     def visit_params(self, num_input: int) -> None:
