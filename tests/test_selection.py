@@ -229,6 +229,24 @@ def test_on_cpu_positions_are_read_back_as_if_the_function_were_renamed(gpt, mon
     assert "_" in full.allocation.bindings  # helpers were there to rename
 
 
+def test_on_cpu_reshapes_rewritten_once_give_the_same_estimates(gpt, monkeypatch):
+    # NOTE [reshapes once]: the module plans are spliced into has its reshape kernels turned
+    # into views once; every plan's estimate must be what the per-plan pass alone gives.
+    from autochunk_tvm.selection import estimate
+
+    _, _, mod, est = gpt
+    steps = select_plan(mod, 0.5, "llvm", estimator=est).plan.steps
+    legal_ops = {op_name(b) for b in flat_bindings(est._legal["main"])}
+    assert "relax.reshape" in legal_ops  # done once, at set-up
+    monkeypatch.setattr(estimate, "REWRITE_RESHAPE", "no such pass")
+    per_plan = PlanEstimator(mod, "llvm")
+    assert "relax.reshape" not in {op_name(b) for b in flat_bindings(per_plan._legal["main"])}
+    for plan in ((), steps[:1], steps):
+        once, every = est.estimate(plan), per_plan.estimate(plan)
+        assert once.allocation.footprint == every.allocation.footprint
+        assert once.position == every.position and once.peak == every.peak
+
+
 def test_chunk_lengths_are_the_largest_that_fit(gpt):
     _, _, mod, est = gpt
     sel = select_plan(mod, 0.5, "llvm", estimator=est, headroom=0.0)

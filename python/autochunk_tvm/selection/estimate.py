@@ -108,6 +108,9 @@ class PlanEstimate:
         return []
 
 
+REWRITE_RESHAPE = "RewriteDataflowReshape"
+
+
 class PlanEstimator:
     """Predicts the allocation of plans for one function of one module, caching both the
     lowered regions and the estimates."""
@@ -149,6 +152,17 @@ class PlanEstimator:
             self._legal = None  # fall back to legalizing every plan in full
         elif folded is not None and self._keeps_bindings(folded):
             self._legal = folded  # NOTE [fold once] (analysis/planned.py)
+        if self._legal is not None and self._back and self._back[0].info.name == REWRITE_RESHAPE:
+            # NOTE [reshapes once]: on CPU the first pass after LegalizeOps turns the calls of
+            # reshape kernels back into views; it asks of every kernel call whether its kernel
+            # is a reshape, a quarter of a CPU estimate. Done once on the module every plan is
+            # spliced into, the per-plan run finds those already done (the pass leaves views
+            # as they are) and costs half. Only where it directly follows LegalizeOps: on GPU
+            # it runs after fusion, which it would change.
+            with self.target:
+                rewritten = self._back[0](self._legal)
+            if self._keeps_bindings(rewritten):
+                self._legal = rewritten
 
     def _keeps_bindings(self, legal: tvm.IRModule) -> bool:
         """Whether every high-level binding is in ``legal``'s function as itself (the same
