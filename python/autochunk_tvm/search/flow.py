@@ -171,13 +171,15 @@ def region_outputs(func: relax.Function, start: int, end: int) -> list[relax.Var
 # more than the tracing itself: every ``binding.var`` is a new Python wrapper, so keying a
 # dict by it calls ``Expr.__eq__``, which fetches the type through the FFI. The function is
 # read once into plain records, every variable and constant keyed by its object handle (an
-# int, stable while the function is alive, which the cache keeps it), and tracing works on
+# int, stable while the function is alive; the cache keeps it alive), and tracing works on
 # those. A trace's answer depends only on the function, the region, the output axes and the
 # rule registry, so it is kept too: selection searches around many centres whose windows
 # overlap.
 _ALIAS, _GET, _TUPLE, _OP_CALL, _FUNC_CALL, _OTHER = range(6)
 _INDEX_CACHE_SIZE = 8
-_TRACE_CACHE_LIMIT = 200_000
+# Traces kept per function before they are dropped: a selection traces tens of thousands of
+# distinct regions (26k on the 48-block Evoformer's twin); the limit bounds the memory.
+_TRACE_CACHE_LIMIT = 100_000
 
 
 def _key(expr: relax.Expr) -> int:
