@@ -343,7 +343,7 @@ def _constants(expr: relax.Expr, found: dict[int, relax.Expr]) -> None:
             (k for k, cls in _CONSTANT_KINDS if isinstance(expr, cls)), ""
         )
     if kind == "const":
-        found.setdefault(_handle(expr), expr)
+        found.setdefault(handle(expr), expr)
     elif kind == "call":
         for arg in expr.args[:]:  # a slice reads the FFI array in one call
             _constants(arg, found)
@@ -360,8 +360,8 @@ _CONSTANT_KINDS = (
 _CONSTANT_WALK: dict[type, str] = {}  # a value's class -> its kind in _CONSTANT_KINDS, or ""
 
 
-def _handle(expr: relax.Expr) -> int:
-    """The key of an IR object in the analysis' tables.
+def handle(expr: relax.Expr) -> int:
+    """The key of an IR object in the tables of analysis and search.
 
     NOTE [keys by handle]: every read of ``binding.var`` makes a new Python wrapper, so a
     dict keyed by the variable compares wrappers with ``Expr.__eq__``, which reads the type
@@ -448,7 +448,7 @@ class Liveness:
 
     def storages_of(self, var: relax.Var) -> tuple[int, ...]:
         """The storages behind ``var`` (indices into ``storages``); none for weights."""
-        return self.backing.get(_handle(var), ())
+        return self.backing.get(handle(var), ())
 
     @property
     def workspaces(self) -> list[int]:
@@ -505,7 +505,7 @@ class _LivenessVisitor:
     def backing_of(self, expr: relax.Expr) -> Backing:
         """The storages behind any expression that can be an operand."""
         if isinstance(expr, relax.Var):
-            return self.backing.get(_handle(expr), ())
+            return self.backing.get(handle(expr), ())
         if isinstance(expr, relax.Tuple):
             return tuple(s for f in expr.fields[:] for s in self.backing_of(f))
         if isinstance(expr, relax.TupleGetItem):
@@ -515,7 +515,7 @@ class _LivenessVisitor:
     def fields_of(self, expr: relax.Expr) -> Backing | None:
         """One storage per field of a tuple-valued expression, when that is known."""
         if isinstance(expr, relax.Var):
-            return self.fields.get(_handle(expr))
+            return self.fields.get(handle(expr))
         if isinstance(expr, relax.Tuple):
             per_field = [self.backing_of(f) for f in expr.fields]
             if all(len(fs) == 1 for fs in per_field):
@@ -550,7 +550,7 @@ class _LivenessVisitor:
                 self.new_storage(f"{var.name}[{i}]", _known_bytes(field), StorageKind.INTERMEDIATE)
                 for i, field in enumerate(var.ty.fields)
             )
-            self.fields[_handle(var)] = fields
+            self.fields[handle(var)] = fields
             return fields
         return (self.new_storage(var.name, size, StorageKind.INTERMEDIATE),)
 
@@ -558,15 +558,15 @@ class _LivenessVisitor:
 
     def visit_var(self, var: relax.Var, value: relax.Var) -> Backing:
         """An alias (also a ``match_cast``): the source's storages."""
-        if _handle(value) in self.fields:
-            self.fields[_handle(var)] = self.fields[_handle(value)]
+        if handle(value) in self.fields:
+            self.fields[handle(var)] = self.fields[handle(value)]
         return self.backing_of(value)
 
     def visit_tuple(self, var: relax.Var, value: relax.Tuple) -> Backing:
         """Packing values into a tuple allocates nothing."""
         fields = self.fields_of(value)
         if fields is not None:
-            self.fields[_handle(var)] = fields
+            self.fields[handle(var)] = fields
         return self.backing_of(value)
 
     def visit_tuple_get_item(self, var: relax.Var, value: relax.TupleGetItem) -> Backing:
@@ -623,7 +623,7 @@ class _LivenessVisitor:
             )
             self._dispatch_of[type(value)] = at
         method = self._dispatch[at][1] if at >= 0 else self.visit_unknown
-        self.backing[_handle(var)] = method(var, value)
+        self.backing[handle(var)] = method(var, value)
 
     def visit_params(self, num_input: int) -> None:
         """Activation inputs are storages owned by the caller; weights are not."""
@@ -634,10 +634,10 @@ class _LivenessVisitor:
                 size = 0
             if i >= num_input:
                 self.weight_bytes += evaluate(size, self.bounds)
-                self.backing[_handle(param)] = ()
+                self.backing[handle(param)] = ()
                 continue
             self.index = -1
-            self.backing[_handle(param)] = (self.new_storage(param.name, size, StorageKind.INPUT),)
+            self.backing[handle(param)] = (self.new_storage(param.name, size, StorageKind.INPUT),)
 
 
 def analyse_liveness(
@@ -673,11 +673,7 @@ def analyse_liveness(
         ops.append(binding_op(value))
         _constants(value, constants)
         uses.append(
-            {
-                s
-                for v in relax.analysis.free_vars(value)
-                for s in visitor.backing.get(_handle(v), ())
-            }
+            {s for v in relax.analysis.free_vars(value) for s in visitor.backing.get(handle(v), ())}
         )
         prim = _called_primfunc(value, mod)
         if prim is None:
@@ -701,7 +697,7 @@ def analyse_liveness(
     result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
     result_storages = set(visitor.backing_of(result))
     result_storages |= {
-        s for v in relax.analysis.free_vars(result) for s in visitor.backing.get(_handle(v), ())
+        s for v in relax.analysis.free_vars(result) for s in visitor.backing.get(handle(v), ())
     }
     for s, st in enumerate(storages):
         if st.kind is StorageKind.INPUT:

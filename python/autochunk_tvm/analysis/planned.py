@@ -37,6 +37,7 @@ from tvm.ir.expr import GenericConst
 from .. import console
 from .memo import StructuralMemo
 from .memory import (
+    handle,
     Liveness,
     MemoryProfile,
     StorageKind,
@@ -498,15 +499,15 @@ def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> fr
     remaining: set[int] = set()
     cleared: set[int] = set()
     for binding in flat_bindings(cleared_mod[func_name]):
-        remaining.add(binding.var.__chandle__())
+        remaining.add(handle(binding.var))
         value = binding.value
         if op_name(value) in _KILL_OPS and isinstance(value.args[0], relax.Var):
-            cleared.add(value.args[0].__chandle__())
+            cleared.add(handle(value.args[0]))
     held = remaining - cleared
     return frozenset(
         s
         for binding in live.bindings
-        if binding.var.__chandle__() in held
+        if handle(binding.var) in held
         for s in live.storages_of(binding.var)
     )
 
@@ -521,12 +522,12 @@ def _storage_tensors(bindings) -> dict[int, tuple[tuple[int, int], ...]]:
         if not isinstance(value, relax.Call):
             continue
         if value.op.same_as(alloc_storage):
-            storage_at[binding.var.__chandle__()] = j
+            storage_at[handle(binding.var)] = j
             tensors[j] = []
-        elif value.op.same_as(alloc_tensor) and value.args[0].__chandle__() in storage_at:
+        elif value.op.same_as(alloc_tensor) and handle(value.args[0]) in storage_at:
             nbytes = type_bytes(binding.var.ty)
             if isinstance(nbytes, tvm.tirx.IntImm):
                 nbytes = int(nbytes)
             if isinstance(nbytes, int):
-                tensors[storage_at[value.args[0].__chandle__()]].append((j, nbytes))
+                tensors[storage_at[handle(value.args[0])]].append((j, nbytes))
     return {j: tuple(ts) for j, ts in tensors.items()}

@@ -27,7 +27,7 @@ from fractions import Fraction
 import tvm
 from tvm import relax
 
-from ..analysis.memory import flat_bindings
+from ..analysis.memory import flat_bindings, handle
 from ..analysis.views import is_view_value
 from .candidate import WHOLE, CantChunk, ChunkAxis, ChunkCandidate
 from . import rules
@@ -55,7 +55,7 @@ def _arg_flows(call: relax.Call, axis: int):
     if _rule_cache_generation != rules.generation():
         _rule_cache.clear()
         _rule_cache_generation = rules.generation()
-    key = (call.__chandle__(), axis)
+    key = (handle(call), axis)
     entry = _rule_cache.get(key)
     if entry is None:
         try:
@@ -182,10 +182,6 @@ _INDEX_CACHE_SIZE = 8
 _TRACE_CACHE_LIMIT = 100_000
 
 
-def _key(expr: relax.Expr) -> int:
-    return expr.__chandle__()
-
-
 def _traceable(expr) -> bool:
     """Whether a value takes a chunk setting: a variable or a constant (shapes and prim
     values are never chunked)."""
@@ -250,7 +246,7 @@ def _var_key_through_gets(expr: relax.Expr) -> int | None:
     while isinstance(expr, relax.TupleGetItem):
         tup = expr.tuple_value
         expr = tup.fields[expr.index] if isinstance(tup, relax.Tuple) else tup
-    return _key(expr) if isinstance(expr, relax.Var) else None
+    return handle(expr) if isinstance(expr, relax.Var) else None
 
 
 class _FlowIndex:
@@ -260,13 +256,13 @@ class _FlowIndex:
 
     @classmethod
     def of(cls, func: relax.Function) -> _FlowIndex:
-        handle = _key(func)
-        index = cls._cache.pop(handle, None)
+        key = handle(func)
+        index = cls._cache.pop(key, None)
         if index is None:
             index = cls(func)
             while len(cls._cache) >= _INDEX_CACHE_SIZE:
                 cls._cache.pop(next(iter(cls._cache)))  # the least recently used
-        cls._cache[handle] = index
+        cls._cache[key] = index
         return index
 
     def __init__(self, func: relax.Function) -> None:
@@ -274,22 +270,15 @@ class _FlowIndex:
         self.exprs: dict[int, relax.Expr] = {}
         for param in func.params[:]:
             self.register(param)
-        self.bindings = flat_bindings(func)
-        self.nodes = [_Node(b, self) for b in self.bindings]
+        self.nodes = [_Node(b, self) for b in flat_bindings(func)]
         self.position = {node.key: i for i, node in enumerate(self.nodes)}
-        self.last_use: dict[int, int] = {}
-        for i, binding in enumerate(self.bindings):
-            for var in relax.analysis.free_vars(binding.value):
-                self.last_use[_key(var)] = i
-        result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
-        for var in relax.analysis.free_vars(result):
-            self.last_use[_key(var)] = len(self.bindings)
+        self.last_use = {handle(var): i for var, i in last_uses(func).items()}
         self._shapes: dict[int, list | None] = {}
         self._traces: dict[tuple, ChunkCandidate | CantChunk] = {}
         self._traces_generation = rules.generation()
 
     def register(self, expr: relax.Expr) -> int:
-        key = _key(expr)
+        key = handle(expr)
         if key not in self.exprs:
             self.exprs[key] = expr
         return key
@@ -362,20 +351,20 @@ class _FlowIndex:
             )
         region = self.nodes[start : end + 1]
         for var in outputs:
-            if not self.computed_in(_key(var), start, end):
+            if not self.computed_in(handle(var), start, end):
                 # NOTE [outputs need a kernel]: `q, k, v = qkv(x).split(...)` reads fields of a
                 # tuple made before the region; a region that starts at such a read would
                 # output a view of its own input, which no kernel of its loop writes.
                 raise CantChunk(f"output {var.name} is a view of a region input: start after it")
         tracer = _Tracer(self, start, end)
         for var in outputs:
-            shape = self.shape(_key(var))
+            shape = self.shape(handle(var))
             if shape is None or isinstance(var.ty, relax.TupleType):
                 raise CantChunk(f"output {var.name} is not a tensor of known rank")
             axis = output_axes[var.name]
             if not -len(shape) <= axis < len(shape):
                 raise CantChunk(f"output {var.name} has no axis {axis}")
-            tracer.settings[_key(var)] = (axis % len(shape), Fraction(1))
+            tracer.settings[handle(var)] = (axis % len(shape), Fraction(1))
         for node in reversed(region):
             tracer.visit(node)
 
@@ -392,7 +381,7 @@ class _FlowIndex:
             end=end,
             bindings=tuple((n.name, axes[n.key]) for n in region),
             inputs=tuple(inputs),
-            outputs=tuple((v.name, axes[_key(v)]) for v in outputs),
+            outputs=tuple((v.name, axes[handle(v)]) for v in outputs),
             extent=extent,
             hoistable=tuple(n.name for n in region if not axes[n.key].chunked),
         )

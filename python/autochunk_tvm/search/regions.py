@@ -10,6 +10,7 @@ import tvm
 from tvm import relax
 
 from ..analysis import MemoryProfile, estimate_activation_memory
+from ..analysis.memory import handle
 from ..analysis.views import is_view
 from .candidate import CantChunk, ChunkCandidate
 from .flow import flat_bindings, region_outputs, trace_region
@@ -130,10 +131,10 @@ def search_chunk_candidates(
     shapes: dict[int, list | None] = {}  # per variable handle: the windows' regions share outputs
 
     def shape(var: relax.Var) -> list | None:
-        handle = var.__chandle__()
-        if handle not in shapes:
-            shapes[handle] = shape_of(var)
-        return shapes[handle]
+        key = handle(var)
+        if key not in shapes:
+            shapes[key] = shape_of(var)
+        return shapes[key]
 
     for start in range(first, peak + 1):
         for end in range(peak, last + 1):

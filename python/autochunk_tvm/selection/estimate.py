@@ -22,6 +22,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from ..analysis.memory import handle
 from ..analysis.planned import (
     PER_FUNCTION_PASSES,
     StaticAllocation,
@@ -132,8 +133,7 @@ class PlanEstimator:
         self.bounds = dict(bounds) if bounds else None
         self._regions = LoweringCache()
         self._estimates: dict[tuple, PlanEstimate] = {}
-        self._anchor_names: frozenset[str] | None = None  # made when first needed
-        self._anchor_handles: frozenset[int] = frozenset()
+        self._anchors = frozenset(handle(b.var) for b in self.bindings)
         # NOTE [legalize once]: legalizing the whole module dominates an estimate. The passes
         # up to LegalizeOps run once; each plan's composites are spliced into the result and
         # only the passes after it run per plan. LegalizeOps rewrites binding by binding and
@@ -285,13 +285,10 @@ class PlanEstimator:
         renamed: renaming the 17k bindings of a 48-block Evoformer per plan was a seventh of
         its selection, and on CPU no helper name has been seen to collide.
         """
-        if self._anchor_names is None:
-            self._anchor_names = frozenset(b.var.name for b in self.bindings)
-            self._anchor_handles = frozenset(b.var.__chandle__() for b in self.bindings)
         return any(
-            b.var.name in self._anchor_names
+            b.var.name in self.index
             for b in flat_bindings(func)
-            if b.var.__chandle__() not in self._anchor_handles
+            if handle(b.var) not in self._anchors
         )
 
     def _positions(self, names: tuple[str, ...]) -> tuple[int, ...]:
