@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import torch
 import tvm
@@ -11,6 +13,18 @@ def run_on_vm(mod, args, target="llvm"):
     ex = relax.build(mod, target=target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return output_arrays(vm["main"](*[tvm.runtime.tensor(to_numpy(a)) for a in args]))
+
+
+def cuda_kernels(ex) -> set[str]:
+    """The names of the CUDA kernels (``__global__`` functions) of a built executable."""
+
+    def walk(m):
+        yield m
+        for imported in m.imports:
+            yield from walk(imported)
+
+    source = "".join(m.inspect_source() for m in walk(ex.mod) if m.kind == "cuda")
+    return set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", source))
 
 
 def torch_outputs(model, args):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import tvm
 import tvm_ffi
-from conftest import op_name, run_on_vm
+from conftest import cuda_kernels, op_name, run_on_vm
 from tvm import relax, s_tir
 
 import autochunk_tvm as ac
@@ -292,18 +292,6 @@ def test_symbolic_extent_one_module_serves_every_length(mlp, seq):
 # ---- CUDA: builds and exports without a GPU ----------------------------------------------------
 
 
-def _cuda_kernels(ex):
-    def walk(m):
-        yield m
-        for imported in m.imports:
-            yield from walk(imported)
-
-    sources = [m.inspect_source() for m in walk(ex.mod) if m.kind == "cuda"]
-    return set(
-        re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", "".join(sources))
-    )
-
-
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_cuda_composite_launches_one_kernel_per_stage(mlp, zoo, arch, tmp_path):
     _, mod, _, cand = mlp
@@ -315,7 +303,7 @@ def test_cuda_composite_launches_one_kernel_per_stage(mlp, zoo, arch, tmp_path):
         lowered = lower_chunk_plan(module, ChunkPlan.of((candidate, length)), target)
         ((name, prim),) = _composites(lowered).items()
         ex = relax.build(lowered, target)
-        kernels = {k for k in _cuda_kernels(ex) if k.startswith(f"{name}_kernel")}
+        kernels = {k for k in cuda_kernels(ex) if k.startswith(f"{name}_kernel")}
         assert len(kernels) == len(_stage_blocks(prim)), "a stage built as a host function"
         ex.export_library(str(tmp_path / f"{name}_{arch}.so"))
         assert (tmp_path / f"{name}_{arch}.so").stat().st_size > 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from conftest import op_name, run_on_vm
+from conftest import cuda_kernels, op_name, run_on_vm
 from tvm import relax
 
 import autochunk_tvm as ac
@@ -605,8 +605,6 @@ def test_a_multi_layer_gpt_selected_for_cuda_builds_with_device_kernels(tmp_path
     """No GPU needed: a four-layer GPT reaches 30% on the CUDA estimate, builds and exports,
     and every chunk composite launches device kernels (a stage left on the host would be a
     host function, not a __global__ kernel)."""
-    import re
-
     model, args = ac.models.gpt("small", n_layer=4, seq_len=512)
     mod = ac.from_torch(model, args)
     sel = select_plan(mod, 0.3, "cuda")
@@ -620,14 +618,7 @@ def test_a_multi_layer_gpt_selected_for_cuda_builds_with_device_kernels(tmp_path
     ]
     assert len(composites) == len(sel.plan.steps)
     ex = relax.build(lowered, ac.analysis.planned.as_target("cuda"))
-
-    def walk(m):
-        yield m
-        for imported in m.imports:
-            yield from walk(imported)
-
-    source = "".join(m.inspect_source() for m in walk(ex.mod) if m.kind == "cuda")
-    kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", source))
+    kernels = cuda_kernels(ex)
     for name in composites:
         assert any(k.startswith(f"{name}_kernel") for k in kernels), name
     ex.export_library(str(tmp_path / "gpt4_cuda.so"))

@@ -423,7 +423,7 @@ def _plan(args: argparse.Namespace) -> int:
         profile = ac.estimate_activation_memory(mod)
         after = (
             ac.estimate_activation_memory(_apply(mod, selection, target))
-            if selection.plan.steps
+            if selection.plan.steps or selection.plan.recompute
             else None
         )
         profile_path = profile.plot(

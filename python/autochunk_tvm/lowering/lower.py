@@ -36,6 +36,7 @@ from ..search.flow import flat_bindings, trace_region
 from ..search.rewrite import substitute
 from .composite import CompositeBuilder, Variant
 from .plan import ChunkPlan, ChunkPlanError, ChunkStep, ordered_steps
+from .recompute import recompute_at_readers
 from .region import LoweringError, RegionFunction, region_function
 from .stages import legalize_region, walk_stages
 
@@ -160,8 +161,17 @@ def lower_chunk_plan(
     spliced into its functions, and the result is the legalized form of the chunked module,
     without legalizing the whole module again (what selection's memory estimates need, many
     times over).
+
+    The plan's recomputed values (``plan.recompute``) are rewritten first
+    (:func:`planned_module`); the steps apply to the result.
     """
     tgt = as_target(target)
+    if isinstance(plan, ChunkPlan) and plan.recompute and legalized is not None:
+        raise ChunkPlanError(
+            "legalized= is the legalized form of the module the steps apply to: give the "
+            "planned module (planned_module(mod, plan)) and a plan without recompute"
+        )
+    mod = planned_module(mod, plan)
     validate_plan(mod, plan, None if cache is None else cache.traced)
     base = mod if legalized is None else legalized
     functions = dict(base.functions.items())
@@ -198,6 +208,14 @@ def lower_chunk_plan(
         for name, steps in by_function.items():
             out = _label_composites(mod, out, name, steps)
     return out
+
+
+def planned_module(mod: tvm.IRModule, plan: ChunkPlan) -> tvm.IRModule:
+    """The module whose bindings the positions of ``plan``'s steps refer to: ``mod`` with the
+    plan's values recomputed before their readers (``mod`` itself when it has none)."""
+    if not isinstance(plan, ChunkPlan):
+        raise ChunkPlanError(f"expected a ChunkPlan, got {type(plan).__name__}")
+    return recompute_at_readers(mod, plan.recompute) if plan.recompute else mod
 
 
 def _label_composites(

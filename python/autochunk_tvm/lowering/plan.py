@@ -15,6 +15,7 @@ import dataclasses
 import tvm_ffi
 
 from ..search.candidate import ChunkCandidate
+from ..search.recompute import Recomputable
 
 
 # Registered so that the error keeps its type when raised inside a module pass (it crosses
@@ -63,11 +64,16 @@ class ChunkPlan:
 
     ``estimated_peak`` (bytes) and ``estimated_cost`` (relative run time, 1.0 = unchunked) are
     filled in by selection; a hand-written plan may leave them ``None``.
+
+    ``recompute``: values computed afresh before each of their readers (NOTE [recompute shared
+    masks], search/recompute.py), applied before the steps: the steps' positions are those of
+    the function so rewritten (:func:`~autochunk_tvm.lowering.planned_module`).
     """
 
     steps: tuple[ChunkStep, ...]
     estimated_peak: int | None = None
     estimated_cost: float | None = None
+    recompute: tuple[Recomputable, ...] = ()
 
     @classmethod
     def of(cls, *steps: tuple[ChunkCandidate, int] | ChunkStep) -> ChunkPlan:

@@ -30,6 +30,7 @@ from ..analysis.sources import (
     sources_table,
 )
 from ..analysis.views import is_view, short_op
+from ..lowering.lower import planned_module
 from ..search.flow import flat_bindings
 from .peak import PeakAccount, account_for_peak
 from .select import Selection
@@ -85,9 +86,13 @@ class PlanReport:
     bounds: tuple[tuple[str, int], ...] = ()
     # A deep model selected on a shallow twin: (repeats kept, repeats of the model).
     twin_repeats: tuple[int, int] | None = None
+    # Values computed afresh before each reader (NOTE [recompute shared masks]):
+    # (value, bytes, readers).
+    recomputed: tuple[tuple[str, int, int], ...] = ()
 
     @classmethod
     def of(cls, mod, selection: Selection, func_name: str = "main") -> PlanReport:
+        mod = planned_module(mod, selection.plan)  # the module the steps' positions refer to
         bindings = flat_bindings(mod[func_name])
         ops = [binding_op(b.value) for b in bindings]
         table = sources_table(mod, func_name)
@@ -139,6 +144,7 @@ class PlanReport:
                 if selection.selected_on is not None
                 else None
             ),
+            recomputed=tuple((r.name, r.nbytes, len(r.readers)) for r in selection.plan.recompute),
         )
 
     def __str__(self) -> str:
@@ -164,6 +170,11 @@ class PlanReport:
             lines.append(
                 f"  searched on {kept} of the model's {count} repeated blocks; the plan covers "
                 "every block, and its memory is the whole model's"
+            )
+        for name, nbytes, readers in self.recomputed:
+            lines.append(
+                f"  {name} ({format_bytes(nbytes)}) is computed afresh before each of its "
+                f"{readers} readers instead of kept for all of them"
             )
         if self.regions:
             lines.append(

@@ -46,8 +46,10 @@ from ..analysis.memory import check_module, estimate_activation_memory
 from ..analysis.views import is_view
 from ..lowering import ChunkPlan, ChunkPlanError, ChunkStep, LoweringError
 from ..lowering.plan import ordered_steps
+from ..lowering.recompute import recompute_at_readers
 from ..search.candidate import ChunkCandidate
 from ..search.classes import ClassFinder, RegionClass
+from ..search.recompute import find_recomputable
 from ..search.regions import DEFAULT_WINDOW, search_chunk_candidates
 from .budget import BudgetUnreachableError, OverBudgetWarning, parse_budget
 from .cost import CostModel, ModelTotals, step_features
@@ -71,7 +73,7 @@ class Selection:
     budget
         The budget in bytes.
     unchunked_peak
-        Predicted peak of the unchunked build, bytes.
+        Predicted peak of the unchunked build of the module as given, bytes.
     reached
         Whether the plan's estimated peak is within the budget.
     step_costs
@@ -83,7 +85,9 @@ class Selection:
     estimate
         The memory estimate of the chosen plan (footprint per lowered binding).
     baseline
-        The memory estimate of the unchunked module.
+        The memory estimate of the unchunked module the plan's steps apply to: the input, or,
+        where the plan recomputes values before their readers (``plan.recompute``), the input
+        so rewritten, whose peak can be below ``unchunked_peak``.
     bounds
         For a function with symbolic input dims, the upper bound of each, by name: the
         estimates are at these lengths, and the build's memory is planned for them (NOTE
@@ -608,15 +612,58 @@ def select_plan(
         hoist=hoist,
     )
     dims = symbolic_dims(mod[func_name], bounds)
+    if dims is not None and estimator is not None:
+        raise ValueError(
+            "estimator= is for functions of static shapes; a symbolic function is "
+            "estimated at its bounds by select_plan itself"
+        )
+    recompute = find_recomputable(mod, func_name) if estimator is None else ()
+    if not recompute:
+        return _select_module(
+            mod, budget, target, func_name, dims, bounds, search, began, estimator
+        )
+    # NOTE [recompute shared masks] (search/recompute.py): the plan is selected on the module
+    # with those values recomputed before their readers; the budget stays a fraction of what
+    # the module as given allocates, and a budget that one meets leaves it as it is.
+    unchunked = _unchunked(mod, target, func_name, dims, bounds)
+    limit = parse_budget(budget, unchunked.peak)
+    if unchunked.peak <= limit:
+        return _select_module(mod, limit, target, func_name, dims, bounds, search, began, None)
+    logger.info(
+        "select: %s recomputed before each of their readers",
+        ", ".join(
+            f"{r.name} ({r.nbytes / 2**20:.1f} MiB, {len(r.readers)} readers)" for r in recompute
+        ),
+    )
+    prepared = recompute_at_readers(mod, recompute)
+    selection = _select_module(
+        prepared, limit, target, func_name, dims, bounds, search, began, None
+    )
+    return dataclasses.replace(
+        selection,
+        plan=dataclasses.replace(selection.plan, recompute=recompute),
+        unchunked_peak=unchunked.peak,
+    )
+
+
+def _select_module(
+    mod, budget, target, func_name, dims, bounds, search, began, estimator
+) -> Selection:
+    """:func:`select_plan` on ``mod`` as it is."""
     if dims is not None:
-        if estimator is not None:
-            raise ValueError(
-                "estimator= is for functions of static shapes; a symbolic function is "
-                "estimated at its bounds by select_plan itself"
-            )
         return _select_at_the_bound(mod, budget, target, func_name, dims, search, began)
-    est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
+    est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=dims and dims.bounds)
     return _select_deep(est, budget, search, began)
+
+
+def _unchunked(mod, target, func_name: str, dims: SymbolicDims | None, bounds) -> PlanEstimate:
+    """The estimate of ``mod`` built as it is (for a symbolic function, at its bounds)."""
+    if dims is None:
+        return PlanEstimator(mod, target, func_name=func_name, bounds=bounds).estimate(())
+    twin = AtTheBound(mod, func_name, dims)
+    return PlanEstimator(twin.symbolic, target, func_name=func_name, bounds=dims.bounds).estimate(
+        ()
+    )
 
 
 @dataclasses.dataclass(frozen=True)

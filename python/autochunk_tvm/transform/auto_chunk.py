@@ -126,16 +126,18 @@ class _AutoChunk:
 def apply_selection(
     mod: tvm.IRModule, selection: Selection, target: Any, func_name: str = "main"
 ) -> tvm.IRModule:
-    """``mod`` with the selected plan lowered: ``mod`` itself when the plan is empty and the
-    function's shapes are static (or its bounds all its own).
+    """``mod`` with the selected plan lowered: ``mod`` itself when the plan is empty (no steps,
+    nothing recomputed) and the function's shapes are static (or its bounds all its own).
 
     For symbolic lengths, the function also states the bounds the plan was selected at, for
     which the build plans its memory, and checks a call's lengths against them first (NOTE
     [symbolic selection], selection/symbolic.py).
     """
-    if not selection.plan.steps and not selection.bounds_given:
+    plan = selection.plan
+    changes = bool(plan.steps or plan.recompute)
+    if not changes and not selection.bounds_given:
         return mod
-    chunked = lower_chunk_plan(mod, selection.plan, target) if selection.plan.steps else mod
+    chunked = lower_chunk_plan(mod, plan, target) if changes else mod
     if selection.bounds:
         chunked = with_bounds(chunked, func_name, selection.bounds_given)
         chunked = guard_bounds(chunked, func_name, selection.bounds)
