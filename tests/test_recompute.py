@@ -28,19 +28,23 @@ from autochunk_tvm.selection.report import PlanReport
 from autochunk_tvm.search.recompute import find_recomputable
 
 
-def _two_layers(mask_in_second: bool = True, extra_reader: bool = False) -> tvm.IRModule:
+def _two_layers(
+    mask_in_second: bool = True, extra_reader: bool = False, symbolic: bool = False
+) -> tvm.IRModule:
     """Two attention-like layers that add one (512, 512) mask, built from a (1, 512) input
-    and two aranges, to their scores."""
+    and two aranges, to their scores; ``symbolic``: of length ``n`` up to 512."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 512, 64), "float32"))
-    keep = relax.Var("keep", relax.TensorType((1, 512), "bool"))
-    with bb.function("main", [x, keep]):
+    n = tvm.tirx.Var("n", "int64") if symbolic else 512
+    x = relax.Var("x", relax.TensorType((1, n, 64), "float32"))
+    keep = relax.Var("keep", relax.TensorType((1, n), "bool"))
+    attrs = {"tir_var_upper_bound": {"n": 512}} if symbolic else None
+    with bb.function("main", [x, keep], attrs=attrs):
         with bb.dataflow():
 
             def emit(name, expr):
                 return bb.emit(expr, name)
 
-            rows = emit("rows", relax.op.arange(0, 512, 1, "int64"))
+            rows = emit("rows", relax.op.arange(0, n, 1, "int64"))
             q = emit("q", relax.op.expand_dims(rows, [1]))
             k = emit("k", relax.op.expand_dims(rows, [0]))
             causal = emit("causal", relax.op.less_equal(k, q))
@@ -190,3 +194,16 @@ def test_a_budget_the_module_meets_as_given_leaves_it_unchanged():
     sel = ac.select_plan(mod, 1.0, "llvm")
     assert sel.plan.recompute == () and sel.plan.steps == ()
     assert ac.transform.AutoChunk(1.0, target="llvm")(mod).same_as(mod)
+
+
+def test_a_symbolic_length_is_selected_and_built_with_the_mask_recomputed():
+    mod = _two_layers(symbolic=True)
+    (found,) = find_recomputable(mod)
+    assert found.nbytes == 512 * 512 * 4  # at the bound
+    sel = ac.select_plan(mod, 0.45, "llvm")
+    assert sel.reached and [r.name for r in sel.plan.recompute] == ["mask"]
+    chunked = ac.transform.apply_selection(mod, sel, "llvm")
+    x, keep = _inputs()
+    for length in (512, 300):  # the bound, and a length no chunk length divides
+        args = (x[:, :length], keep[:, :length])
+        np.testing.assert_allclose(_run(chunked, args), _run(mod, args), rtol=1e-5, atol=1e-6)
