@@ -395,3 +395,38 @@ def test_a_structural_memo_finds_a_node_it_knows_by_handle_without_hashing(monke
     assert cache.get(twin, "llvm") == "sizes" and len(hashed) == 1  # ... and known from then on
     assert cache.get(twin, "cuda") is None  # the other key parts still count
     assert cache.get(other, "llvm") is None
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
+def test_legalizing_with_kernels_made_once_gives_the_module_legalize_ops_gives(target):
+    """NOTE [kernels made once]: alike calls share one kernel, made once; calls whose kernel
+    could depend on more than their types (constant and scalar arguments) are made each time,
+    and the result is the module LegalizeOps makes, structurally."""
+    import tvm
+
+    from autochunk_tvm.analysis.legalize import legalize_ops_reusing_kernels
+    from autochunk_tvm.analysis.planned import as_target
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((64, 32), "float32"), w: R.Tensor((32, 32), "float32")):
+            with R.dataflow():
+                a = R.matmul(x, w)
+                b = R.add(a, R.const(1.0, "float32"))
+                c = R.matmul(b, w)
+                d = R.add(c, R.const(2.0, "float32"))
+                e = R.reshape(d, R.shape([32, 64]))
+                f = R.reshape(a, R.shape([32, 64]))
+                g = R.reshape(b, R.shape([64, 32]))
+                h = R.nn.softmax(e, axis=-1)
+                i = R.nn.softmax(f, axis=0)
+                j = R.add(h, i)
+                R.output(j, g)
+            return (j, g)
+
+    model, args = ac.models.gpt("small", n_layer=3, seq_len=64)
+    for mod in (Module, ac.from_torch(model, args)):
+        with as_target(target):
+            expected = relax.transform.LegalizeOps()(mod)
+            tvm.ir.assert_structural_equal(legalize_ops_reusing_kernels(mod), expected)

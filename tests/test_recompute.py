@@ -104,6 +104,21 @@ def test_values_that_do_not_qualify_are_left_where_they_are():
     )
 
 
+def test_a_binding_that_reads_a_value_twice_is_one_reader():
+    bb = relax.BlockBuilder()
+    keep = relax.Var("keep", relax.TensorType((1, 512), "bool"))
+    with bb.function("main", [keep]):
+        with bb.dataflow():
+            rows = bb.emit(relax.op.arange(0, 512, 1, "int64"), "rows")
+            q = bb.emit(relax.op.expand_dims(rows, [1]), "q")
+            causal = bb.emit(relax.op.less_equal(rows, q), "causal")
+            mask = bb.emit(relax.op.logical_and(causal, keep), "mask")
+            both = bb.emit(relax.op.logical_or(mask, mask), "both")
+            out = bb.emit_output(relax.op.astype(both, "float32"), "out")
+        bb.emit_func_output(out)
+    assert find_recomputable(bb.get(), min_bytes=64 << 10) == ()  # mask: one reader
+
+
 def test_a_value_computed_from_a_large_matmul_output_is_not_recomputed():
     @I.ir_module
     class Module:

@@ -286,6 +286,34 @@ def flat_bindings(func: relax.Function) -> list[relax.Binding]:
     return [b for block in body.blocks[:] for b in block.bindings[:]]
 
 
+# Values that read no variable: tensor constants, prim values and strings, shapes, callees.
+_LEAVES = (
+    tvm.ir.expr.GenericConst,
+    tvm.ir.expr.Constant,
+    relax.ShapeExpr,
+    relax.GlobalVar,
+    relax.ExternFunc,
+)
+
+
+def read_vars(expr: relax.Expr) -> list[relax.Var]:
+    """The variables a binding's value reads: ``relax.analysis.free_vars`` of it, walked in
+    Python through calls, tuples and items (the shape of a normalized binding), which saves
+    an FFI call and an array per binding in the walks that run on every estimate; anything
+    else (a branch, a nested function) is left to TVM's analysis."""
+    if isinstance(expr, relax.Var):
+        return [expr]
+    if isinstance(expr, relax.Call):
+        return [v for a in expr.args[:] for v in read_vars(a)]
+    if isinstance(expr, relax.Tuple):
+        return [v for f in expr.fields[:] for v in read_vars(f)]
+    if isinstance(expr, relax.TupleGetItem):
+        return read_vars(expr.tuple_value)
+    if isinstance(expr, _LEAVES):
+        return []
+    return list(relax.analysis.free_vars(expr))
+
+
 def _called_primfunc(value: relax.Expr, mod: tvm.IRModule | None) -> tirx.PrimFunc | None:
     if mod is None or not isinstance(value, relax.Call):
         return None
@@ -672,9 +700,7 @@ def analyse_liveness(
         value = binding.value
         ops.append(binding_op(value))
         _constants(value, constants)
-        uses.append(
-            {s for v in relax.analysis.free_vars(value) for s in visitor.backing.get(handle(v), ())}
-        )
+        uses.append({s for v in read_vars(value) for s in visitor.backing.get(handle(v), ())})
         prim = _called_primfunc(value, mod)
         if prim is None:
             workspaces.append(())

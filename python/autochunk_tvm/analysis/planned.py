@@ -35,6 +35,7 @@ from tvm import relax, tirx
 from tvm.ir.expr import GenericConst
 
 from .. import console
+from .legalize import legalize_ops_reusing_kernels
 from .memo import StructuralMemo
 from .memory import (
     handle,
@@ -135,22 +136,25 @@ def memory_plan_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """
     if "gpu" in target.keys:
         pipeline = _backend_pipeline_module(target)
-        return (
+        passes = (
             pipeline.library_dispatch_passes(target)
             + pipeline.legalize_passes(target)
             + pipeline.dataflow_lower_passes(target)
             + [relax.transform.StaticPlanBlockMemory()]
         )
-    return [
-        relax.backend.DispatchSampling(),
-        relax.backend.DispatchSortScan(),
-        relax.transform.LegalizeOps(),
-        relax.transform.RewriteDataflowReshape(),
-        relax.transform.ToNonDataflow(),
-        relax.transform.RemovePurityChecking(),
-        relax.transform.CallTIRRewrite(),
-        relax.transform.StaticPlanBlockMemory(),
-    ]
+    else:
+        passes = [
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+            relax.transform.LegalizeOps(),
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+        ]
+    # The same module, each distinct kernel made once (NOTE [kernels made once]).
+    return [legalize_ops_reusing_kernels if p.info.name == "LegalizeOps" else p for p in passes]
 
 
 def _backend_pipeline_module(target: tvm.target.Target):

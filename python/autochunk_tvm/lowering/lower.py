@@ -22,7 +22,7 @@ from tvm import relax
 
 from .. import console
 from ..analysis.memo import StructuralMemo
-from ..analysis.memory import binding_op
+from ..analysis.memory import binding_op, handle
 from ..analysis.planned import as_target
 from ..analysis.sources import (
     TorchSource,
@@ -377,16 +377,19 @@ def _rewrite(
         owner = list(range(len(all_bindings)))
         own = {b.var.name: [b] for b in all_bindings}
     else:
-        source_vars = {b.var: i for i, b in enumerate(flat_bindings(source))}
+        # Keyed by handle: a variable read afresh from the FFI is a new Python object, and a
+        # dict keyed by variables compares such objects through the FFI (NOTE [keys by
+        # handle], analysis/memory.py).
+        source_vars = {handle(b.var): i for i, b in enumerate(flat_bindings(source))}
         owner = [len(source_vars)] * len(all_bindings)  # trailing helpers: past the end
         following = len(source_vars)
         for j in range(len(all_bindings) - 1, -1, -1):
-            following = source_vars.get(all_bindings[j].var, following)
+            following = source_vars.get(handle(all_bindings[j].var), following)
             owner[j] = following
         groups: dict[int, list] = {}
         for binding, index in zip(all_bindings, owner):
             groups.setdefault(index, []).append(binding)
-        own = {g[-1].var.name: g for g in groups.values() if g[-1].var in source_vars}
+        own = {g[-1].var.name: g for g in groups.values() if handle(g[-1].var) in source_vars}
     env: dict[relax.Expr, relax.Expr] = {}  # source variable -> func's variable
     if source is not None:
         params = {p.name: p for p in func.params}

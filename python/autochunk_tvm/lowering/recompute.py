@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import tvm
 from tvm import relax
 
-from ..analysis.memory import flat_bindings
-from ..search.recompute import Recomputable, read_vars
+from ..analysis.memory import flat_bindings, read_vars
+from ..search.recompute import Recomputable
 from ..search.rewrite import substitute
 from .plan import ChunkPlanError
 

@@ -36,7 +36,7 @@ import logging
 import tvm
 from tvm import relax
 
-from ..analysis.memory import flat_bindings, handle
+from ..analysis.memory import flat_bindings, handle, read_vars
 from ..analysis.sizes import evaluate, type_bytes, upper_bounds
 from .rules.elementwise import BINARY, UNARY
 
@@ -102,20 +102,6 @@ def _op_name(value: relax.Expr) -> str | None:
     return None
 
 
-def read_vars(expr: relax.Expr) -> list[relax.Var]:
-    """The variables a binding's value reads, one level of calls, tuples and items deep (the
-    shape of a normalized binding)."""
-    if isinstance(expr, relax.Var):
-        return [expr]
-    if isinstance(expr, relax.Tuple):
-        return [v for f in expr.fields for v in read_vars(f)]
-    if isinstance(expr, relax.TupleGetItem):
-        return read_vars(expr.tuple_value)
-    if isinstance(expr, relax.Call):
-        return [v for a in expr.args for v in read_vars(a)]
-    return []
-
-
 def find_recomputable(
     mod: tvm.IRModule, func_name: str = "main", min_bytes: int = MIN_BYTES
 ) -> tuple[Recomputable, ...]:
@@ -138,8 +124,8 @@ def find_recomputable(
             position += 1
     readers: dict[int, list[int]] = {}
     for position, binding in enumerate(bindings):
-        for var in read_vars(binding.value):
-            readers.setdefault(handle(var), []).append(position)
+        for key in dict.fromkeys(handle(v) for v in read_vars(binding.value)):
+            readers.setdefault(key, []).append(position)  # once per reader
     escaping = {handle(v) for v in relax.analysis.free_vars(func.body.body)}
 
     def nbytes(var: relax.Var) -> int | None:
