@@ -29,10 +29,14 @@ from autochunk_tvm.search.recompute import find_recomputable
 
 
 def _two_layers(
-    mask_in_second: bool = True, extra_reader: bool = False, symbolic: bool = False
+    mask_in_second: bool = True,
+    extra_reader: bool = False,
+    symbolic: bool = False,
+    name_twice: bool = False,
 ) -> tvm.IRModule:
     """Two attention-like layers that add one (512, 512) mask, built from a (1, 512) input
-    and two aranges, to their scores; ``symbolic``: of length ``n`` up to 512."""
+    and two aranges, to their scores; ``symbolic``: of length ``n`` up to 512; ``name_twice``:
+    a later binding is named ``causal`` too."""
     bb = relax.BlockBuilder()
     n = tvm.tirx.Var("n", "int64") if symbolic else 512
     x = relax.Var("x", relax.TensorType((1, n, 64), "float32"))
@@ -64,6 +68,10 @@ def _two_layers(
                 relax.op.astype(allowed, "float32") if extra_reader else relax.op.multiply(s1, s1),
             )
             b1 = emit("b1", relax.op.add(a1, e1))
+            if name_twice:  # BlockBuilder.emit would make the name unique
+                twice = relax.DataflowVar("causal", b1.ty)
+                bb.emit_normalized(relax.VarBinding(twice, b1))
+                b1 = twice
             p1 = emit("p1", relax.op.nn.softmax(b1, -1))
             h1 = bb.emit_output(relax.op.matmul(p1, h0), "h1")
         bb.emit_func_output(h1)
@@ -94,6 +102,7 @@ def test_a_mask_read_by_two_layers_is_recomputed_with_its_large_chain():
 def test_values_that_do_not_qualify_are_left_where_they_are():
     assert find_recomputable(_two_layers(mask_in_second=False)) == ()  # one reader
     assert find_recomputable(_two_layers(), min_bytes=2 << 20) == ()  # too small
+    assert find_recomputable(_two_layers(name_twice=True)) == ()  # a record could not name it
     # ``allowed`` is read outside the mask's chain: the mask is not recomputed (its copies
     # would leave the original chain alive), but ``allowed``, read twice, is.
     (found,) = find_recomputable(_two_layers(extra_reader=True))

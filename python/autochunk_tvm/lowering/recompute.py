@@ -43,11 +43,12 @@ def _recompute_in(
         )
     func = mod[func_name]
     bindings = {}
-    for binding in flat_bindings(func):
-        if binding.var.name in bindings:
-            bindings[binding.var.name] = None  # a name bound twice: cannot be matched by name
-        else:
-            bindings[binding.var.name] = binding
+    for block in func.body.blocks:
+        for binding in block.bindings[:]:
+            if binding.var.name in bindings or not isinstance(block, relax.DataflowBlock):
+                bindings[binding.var.name] = None  # bound twice, or outside dataflow: not ours
+            else:
+                bindings[binding.var.name] = binding
     dropped: set[str] = set()
     copies_before: dict[str, list[Recomputable]] = {}
     for value in values:
@@ -56,8 +57,8 @@ def _recompute_in(
         if missing or value.chain[-1] != value.name:
             raise ChunkPlanError(
                 f"recomputing {value.name} in {func_name}: no single binding named "
-                f"{missing[0] if missing else value.name!r} where the record says; it was "
-                "found on another module (find it again on this one)"
+                f"{missing[0] if missing else value.name!r} in a dataflow block, where the "
+                "record says; it was found on another module (find it again on this one)"
             )
         dropped.update(value.chain)
         for reader in value.readers:
@@ -70,21 +71,17 @@ def _recompute_in(
     for var in relax.analysis.free_vars(func.body.body):
         readers_of.setdefault(var.name, set()).add("the function's output")
     for value in values:
+        unread = set(value.readers) - readers_of.get(value.name, set())
+        what = f"{sorted(unread)[0]} does not read {value.name}" if unread else None
         for link in value.chain:
             expected = set(value.chain) | (set(value.readers) if link == value.name else set())
             stray = readers_of.get(link, set()) - expected
-            unread = set(value.readers) - readers_of.get(value.name, set())
-            if stray or unread:
-                what = (
-                    f"{sorted(stray)[0]} reads {link}"
-                    if stray
-                    else (f"{sorted(unread)[0]} does not read {value.name}")
-                )
-                raise ChunkPlanError(
-                    f"recomputing {value.name} in {func_name}: {what}, unlike where the "
-                    "record was found: it was found on another module (find it again on "
-                    "this one)"
-                )
+            what = what or (f"{sorted(stray)[0]} reads {link}" if stray else None)
+        if what is not None:
+            raise ChunkPlanError(
+                f"recomputing {value.name} in {func_name}: {what}, unlike where the record "
+                "was found: it was found on another module (find it again on this one)"
+            )
     clash = dropped & set(copies_before)
     if clash:
         raise ChunkPlanError(
@@ -114,8 +111,8 @@ def _recompute_in(
                         for link in value.chain:
                             original = bindings[link]
                             copy = relax.DataflowVar(f"{link}_for_{name}", original.var.ty)
-                            value_ = bb.normalize(substitute(original.value, env))
-                            bb.emit_normalized(relax.VarBinding(copy, value_))
+                            recomputed = bb.normalize(substitute(original.value, env))
+                            bb.emit_normalized(relax.VarBinding(copy, recomputed))
                             env[original.var] = copy
                     bb.emit_normalized(rebuilt(binding, env) if env else binding)
         bb.emit_func_output(func.body.body)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 
 import tvm
 from tvm import relax
@@ -127,6 +128,8 @@ def find_recomputable(
         for key in dict.fromkeys(handle(v) for v in read_vars(binding.value)):
             readers.setdefault(key, []).append(position)  # once per reader
     escaping = {handle(v) for v in relax.analysis.free_vars(func.body.body)}
+    # A record names its bindings: a name bound twice could not be found again by it.
+    bound = Counter(b.var.name for b in bindings)
 
     def nbytes(var: relax.Var) -> int | None:
         size = type_bytes(var.ty)
@@ -160,6 +163,9 @@ def find_recomputable(
             logger.debug("%s is not recomputed: its chain is read outside it", var.name)
             continue
         if any(handle(bindings[p].var) in escaping for p in inner):
+            continue
+        if any(bound[bindings[p].var.name] > 1 for p in chain + mine):
+            logger.debug("%s is not recomputed: a binding of it has a name bound twice", var.name)
             continue
         taken.update(handle(bindings[p].var) for p in chain)
         found.append(

@@ -647,16 +647,30 @@ def select_plan(
 
 
 def _select_module(
-    mod, budget, target, func_name, dims, bounds, search, began, estimator
+    mod: tvm.IRModule,
+    budget: int | float | str,
+    target: Any,
+    func_name: str,
+    dims: SymbolicDims | None,
+    bounds: Mapping[str, int] | None,
+    search: _Search,
+    began: float,
+    estimator: PlanEstimator | None,
 ) -> Selection:
     """:func:`select_plan` on ``mod`` as it is."""
     if dims is not None:
         return _select_at_the_bound(mod, budget, target, func_name, dims, search, began)
-    est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=dims and dims.bounds)
+    est = estimator or PlanEstimator(mod, target, func_name=func_name, bounds=bounds)
     return _select_deep(est, budget, search, began)
 
 
-def _unchunked(mod, target, func_name: str, dims: SymbolicDims | None, bounds) -> PlanEstimate:
+def _unchunked(
+    mod: tvm.IRModule,
+    target: Any,
+    func_name: str,
+    dims: SymbolicDims | None,
+    bounds: Mapping[str, int] | None,
+) -> PlanEstimate:
     """The estimate of ``mod`` built as it is (for a symbolic function, at its bounds)."""
     if dims is None:
         return PlanEstimator(mod, target, func_name=func_name, bounds=bounds).estimate(())
