@@ -231,13 +231,15 @@ def test_on_cpu_positions_are_read_back_as_if_the_function_were_renamed(gpt, mon
 
 def test_on_cpu_reshapes_rewritten_once_give_the_same_estimates(gpt, monkeypatch):
     # NOTE [reshapes once]: the module plans are spliced into has its reshape kernels turned
-    # into views once; every plan's estimate must be what the per-plan pass alone gives.
+    # into views once, and plans skip the pass; every plan's estimate must be what the
+    # per-plan pass alone gives.
     from autochunk_tvm.selection import estimate
 
     _, _, mod, est = gpt
     steps = select_plan(mod, 0.5, "llvm", estimator=est).plan.steps
     legal_ops = {op_name(b) for b in flat_bindings(est._legal["main"])}
     assert "relax.reshape" in legal_ops  # done once, at set-up
+    assert [p.info.name for p in est._back][1:] == [p.info.name for p in est._after_reshapes]
     monkeypatch.setattr(estimate, "REWRITE_RESHAPE", "no such pass")
     per_plan = PlanEstimator(mod, "llvm")
     assert "relax.reshape" not in {op_name(b) for b in flat_bindings(per_plan._legal["main"])}
