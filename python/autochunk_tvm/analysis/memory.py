@@ -304,7 +304,8 @@ def read_vars(expr: relax.Expr) -> list[relax.Var]:
     if isinstance(expr, relax.Var):
         return [expr]
     if isinstance(expr, relax.Call):
-        return [v for a in expr.args[:] for v in read_vars(a)]
+        callee = [expr.op] if isinstance(expr.op, relax.Var) else []  # a closure called
+        return callee + [v for a in expr.args[:] for v in read_vars(a)]
     if isinstance(expr, relax.Tuple):
         return [v for f in expr.fields[:] for v in read_vars(f)]
     if isinstance(expr, relax.TupleGetItem):

@@ -32,6 +32,7 @@ from ..analysis.sources import (
 from ..analysis.views import is_view, short_op
 from ..lowering.lower import planned_module
 from ..search.flow import flat_bindings
+from ..search.recompute import Recomputable
 from .peak import PeakAccount, account_for_peak
 from .select import Selection
 
@@ -86,9 +87,8 @@ class PlanReport:
     bounds: tuple[tuple[str, int], ...] = ()
     # A deep model selected on a shallow twin: (repeats kept, repeats of the model).
     twin_repeats: tuple[int, int] | None = None
-    # Values computed afresh before each reader (NOTE [recompute shared masks]):
-    # (value, bytes, readers).
-    recomputed: tuple[tuple[str, int, int], ...] = ()
+    # Values computed afresh before each reader (NOTE [recompute shared masks]).
+    recomputed: tuple[Recomputable, ...] = ()
 
     @classmethod
     def of(cls, mod, selection: Selection, func_name: str = "main") -> PlanReport:
@@ -144,7 +144,7 @@ class PlanReport:
                 if selection.selected_on is not None
                 else None
             ),
-            recomputed=tuple((r.name, r.nbytes, len(r.readers)) for r in selection.plan.recompute),
+            recomputed=selection.plan.recompute,
         )
 
     def __str__(self) -> str:
@@ -171,10 +171,10 @@ class PlanReport:
                 f"  searched on {kept} of the model's {count} repeated blocks; the plan covers "
                 "every block, and its memory is the whole model's"
             )
-        for name, nbytes, readers in self.recomputed:
+        for value in self.recomputed:
             lines.append(
-                f"  {name} ({format_bytes(nbytes)}) is computed afresh before each of its "
-                f"{readers} readers instead of kept for all of them"
+                f"  {value.name} ({format_bytes(value.nbytes)}) is computed afresh before each "
+                f"of its {len(value.readers)} readers instead of kept for all of them"
             )
         if self.regions:
             lines.append(
