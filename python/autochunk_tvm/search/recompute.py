@@ -20,7 +20,9 @@ A value qualifies when (:func:`find_recomputable`):
   constants or tensors at most 1/8 of its size, so the copies keep only small tensors alive;
 - the large tensors on the way (its *chain*) are read only within the chain, so that nothing
   else keeps the original computation alive;
-- it has at least ``MIN_BYTES``: smaller values are not worth the extra work.
+- it has at least ``MIN_BYTES``: smaller values are not worth the extra work;
+- the names of its chain and readers are each bound once in the function: a record names
+  them, and lowering finds them again by name.
 
 What a reader's copy costs is the chain's elementwise work once more per reader: next to the
 attention it feeds (a matmul over the same ``S * S`` elements, a softmax) it is small, and on
