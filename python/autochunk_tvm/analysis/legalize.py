@@ -22,6 +22,7 @@ import tvm_ffi
 from tvm import relax
 
 from .memory import flat_bindings, handle
+from .views import op_name
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -111,10 +112,8 @@ def legalize_ops_reusing_kernels(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     ops = set()
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
-            for binding in flat_bindings(func):
-                value = binding.value
-                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-                    ops.add(value.op.name)
+            ops.update(op_name(b.value) for b in flat_bindings(func))
+    ops.discard(None)
     made: dict = {}
     custom = {}
     for name in sorted(ops):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import tvm
 from tvm import relax
 
-from ..analysis.memory import flat_bindings, read_vars
+from ..analysis.memory import read_vars
 from ..search.recompute import Recomputable
 from ..search.rewrite import substitute
 from .plan import ChunkPlanError
@@ -43,12 +43,17 @@ def _recompute_in(
         )
     func = mod[func_name]
     bindings = {}
+    readers_of: dict[str, set[str]] = {}  # by name: the bindings that read it
     for block in func.body.blocks:
         for binding in block.bindings[:]:
             if binding.var.name in bindings or not isinstance(block, relax.DataflowBlock):
                 bindings[binding.var.name] = None  # bound twice, or outside dataflow: not ours
             else:
                 bindings[binding.var.name] = binding
+            for var in read_vars(binding.value):
+                readers_of.setdefault(var.name, set()).add(binding.var.name)
+    for var in relax.analysis.free_vars(func.body.body):
+        readers_of.setdefault(var.name, set()).add("the function's output")
     dropped: set[str] = set()
     copies_before: dict[str, list[Recomputable]] = {}
     for value in values:
@@ -64,12 +69,6 @@ def _recompute_in(
         for reader in value.readers:
             copies_before.setdefault(reader, []).append(value)
     # Whatever read a dropped binding must get a copy: the readers recorded, and the chain.
-    readers_of: dict[str, set[str]] = {}
-    for binding in flat_bindings(func):
-        for var in read_vars(binding.value):
-            readers_of.setdefault(var.name, set()).add(binding.var.name)
-    for var in relax.analysis.free_vars(func.body.body):
-        readers_of.setdefault(var.name, set()).add("the function's output")
     for value in values:
         unread = set(value.readers) - readers_of.get(value.name, set())
         what = f"{sorted(unread)[0]} does not read {value.name}" if unread else None

@@ -39,8 +39,9 @@ from collections import Counter
 import tvm
 from tvm import relax
 
-from ..analysis.memory import flat_bindings, handle, read_vars
+from ..analysis.memory import handle, read_vars
 from ..analysis.sizes import evaluate, type_bytes, upper_bounds
+from ..analysis.views import op_name
 from .rules.elementwise import BINARY, UNARY
 
 logger = logging.getLogger("autochunk_tvm")
@@ -99,32 +100,23 @@ class Recomputable:
     nbytes: int
 
 
-def _op_name(value: relax.Expr) -> str | None:
-    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-        return value.op.name
-    return None
-
-
 def find_recomputable(
     mod: tvm.IRModule, func_name: str = "main", min_bytes: int = MIN_BYTES
 ) -> tuple[Recomputable, ...]:
     """The values of function ``func_name`` that qualify for a copy per reader (NOTE
     [recompute shared masks]), in program order. Chains do not overlap."""
     func = mod[func_name]
-    bindings = flat_bindings(func)
-    if not bindings:
+    if not isinstance(func.body, relax.SeqExpr):
         return ()
     bounds = upper_bounds(func)
-    block_of: dict[int, int] = {}
-    index_of: dict[int, int] = {}
-    position = 0
-    for number, block in enumerate(func.body.blocks):
+    bindings: list[relax.Binding] = []
+    block_of: dict[int, int] = {}  # by handle: the number of its dataflow block, -1 outside
+    for number, block in enumerate(func.body.blocks[:]):
         dataflow = isinstance(block, relax.DataflowBlock)
-        for binding in block.bindings:
-            key = handle(binding.var)
-            index_of[key] = position
-            block_of[key] = number if dataflow else -1
-            position += 1
+        for binding in block.bindings[:]:
+            block_of[handle(binding.var)] = number if dataflow else -1
+            bindings.append(binding)
+    index_of = {handle(b.var): i for i, b in enumerate(bindings)}
     readers: dict[int, list[int]] = {}
     for position, binding in enumerate(bindings):
         for key in dict.fromkeys(handle(v) for v in read_vars(binding.value)):
@@ -148,7 +140,7 @@ def find_recomputable(
         binding = bindings[position]
         var = binding.var
         key = handle(var)
-        if key in taken or block_of[key] < 0 or _op_name(binding.value) not in CHEAP_OPS:
+        if key in taken or block_of[key] < 0 or op_name(binding.value) not in CHEAP_OPS:
             continue
         size = nbytes(var)
         mine = readers.get(key, [])
@@ -200,7 +192,7 @@ def _chain(root, size, block, bindings, index_of, block_of, nbytes) -> list[int]
             if position in seen:
                 continue
             source = bindings[position]
-            if block_of[key] != block or _op_name(source.value) not in CHEAP_OPS:
+            if block_of[key] != block or op_name(source.value) not in CHEAP_OPS:
                 return None
             seen.add(position)
             stack.append(source)
