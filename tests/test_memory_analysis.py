@@ -430,3 +430,38 @@ def test_legalizing_with_kernels_made_once_gives_the_module_legalize_ops_gives(t
         with as_target(target):
             expected = relax.transform.LegalizeOps()(mod)
             tvm.ir.assert_structural_equal(legalize_ops_reusing_kernels(mod), expected)
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda"])
+def test_never_cleared_variables_are_those_kill_after_last_use_leaves(target):
+    """NOTE [pinned storages]: the rule read off the bindings holds the storages that running
+    LowerAllocTensor and KillAfterLastUse leaves held, on every plan of one region of two
+    models, including plans whose chunked region pins a tuple's storages."""
+    import tvm
+
+    from autochunk_tvm.analysis.memory import StorageKind, handle
+    from autochunk_tvm.analysis.planned import never_cleared, never_cleared_by_passes
+    from autochunk_tvm.lowering import ChunkStep
+    from autochunk_tvm.search import search_chunk_candidates
+    from autochunk_tvm.selection.estimate import PlanEstimator
+
+    def storages(live, held):
+        return {s for b in live.bindings if handle(b.var) in held for s in live.storages_of(b.var)}
+
+    pinned_dead = 0
+    plans = 0
+    for model, args in (ac.models.gpt("tiny", n_layer=2), ac.models.evoformer("tiny")):
+        mod = ac.from_torch(model, args)
+        est = PlanEstimator(mod, target)
+        cands = search_chunk_candidates(mod)
+        for cand in [None, *cands[:: max(1, len(cands) // 12)]]:
+            steps = () if cand is None else (ChunkStep(cand, 2),)
+            live = est.estimate(steps).allocation.liveness
+            lowered = tvm.IRModule({"main": live.func})
+            rule = never_cleared(live)
+            assert rule is not None
+            held = storages(live, rule)
+            assert held == storages(live, never_cleared_by_passes(lowered, "main"))
+            pinned_dead += any(live.storages[s].kind is StorageKind.INTERMEDIATE for s in held)
+            plans += 1
+    assert plans >= 20 and pinned_dead >= 1, (plans, pinned_dead)

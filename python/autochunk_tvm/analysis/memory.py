@@ -474,6 +474,8 @@ class Liveness:
     backing: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     # The function analysed: it holds the objects whose handles key ``backing``.
     func: relax.Function | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Per binding: the handles of the variables its value reads (:func:`read_vars`).
+    reads: list[tuple[int, ...]] = dataclasses.field(default_factory=list, repr=False)
 
     def storages_of(self, var: relax.Var) -> tuple[int, ...]:
         """The storages behind ``var`` (indices into ``storages``); none for weights."""
@@ -697,11 +699,13 @@ def analyse_liveness(
     callee_shapes: list[dict[str, int]] = []  # a generic kernel's shape variables, per call
     own: list[SizeExpr] = []
     uses: list[set[int]] = []
+    reads: list[tuple[int, ...]] = []
     for index, binding in enumerate(bindings):
         value = binding.value
         ops.append(binding_op(value))
         _constants(value, constants)
-        uses.append({s for v in read_vars(value) for s in visitor.backing.get(handle(v), ())})
+        reads.append(tuple(handle(v) for v in read_vars(value)))
+        uses.append({s for h in reads[-1] for s in visitor.backing.get(h, ())})
         prim = _called_primfunc(value, mod)
         if prim is None:
             workspaces.append(())
@@ -752,6 +756,7 @@ def analyse_liveness(
         unsized=visitor.unsized,
         backing=visitor.backing,
         func=func,
+        reads=reads,
     )
 
 

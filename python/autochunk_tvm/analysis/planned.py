@@ -82,9 +82,6 @@ class StaticAllocation:
         plus the workspace of the kernel it calls). ``peak_bytes`` is its maximum. The pooled
         part never shrinks during a call, so this is a high-water mark: selection reads in it
         where a budget is first exceeded.
-    storage_tensors
-        Per planned storage (by the index of its binding): the tensors placed in it, as
-        (binding index, bytes).
     liveness
         The storages and live intervals the prediction was replayed from; ``profile`` (the
         Relax-level view of them) is made from it when first read.
@@ -106,9 +103,6 @@ class StaticAllocation:
     target: str
     bindings: tuple[str, ...] = ()
     footprint: tuple[int, ...] = ()
-    storage_tensors: Mapping[int, tuple[tuple[int, int], ...]] = dataclasses.field(
-        default_factory=dict
-    )
     liveness: Liveness | None = dataclasses.field(default=None, repr=False, compare=False)
     function: str = "main"
     dead_at_peak: tuple[int, ...] = ()
@@ -118,6 +112,15 @@ class StaticAllocation:
         """Liveness profile of the lowered function (its storages are the planned ones).
         Made when first read: selection estimates hundreds of plans and reads it of few."""
         return profile_from_liveness(self.function, self.liveness)
+
+    @functools.cached_property
+    def storage_tensors(self) -> Mapping[int, tuple[tuple[int, int], ...]]:
+        """Per planned storage (by the index of its binding): the tensors placed in it, as
+        (binding index, bytes). Made when first read, as ``profile`` is: selection reads it
+        only of the plans it goes on from."""
+        if self.liveness is None:
+            return {}
+        return _storage_tensors(self.liveness.bindings)
 
     @property
     def unsized(self) -> tuple[str, ...]:
@@ -467,16 +470,10 @@ def allocation_of_planned(
         target=str(tgt.kind.name),
         bindings=tuple(b.var.name for b in live.bindings),
         footprint=tuple(footprint),
-        storage_tensors=_storage_tensors(live.bindings),
         liveness=live,
         function=func_name,
         dead_at_peak=dead_at_peak,
     )
-
-
-_KILL_OPS = frozenset(
-    {"relax.memory.kill_tensor", "relax.memory.kill_storage", "relax.vm.kill_object"}
-)
 
 
 def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> frozenset[int]:
@@ -491,14 +488,97 @@ def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> fr
     field reads into ``alloc_a`` and ``alloc_b`` themselves, no binding reads ``chunked``: both
     storages stay held. Predicting them freed gave 41 MiB for a chunked attention + GELU
     measured at 49 MiB; holding every planned storage instead over-predicted unchunked
-    triangle updates by one pair tensor (9%). We run the two passes on the planned module
-    and hold exactly what a never-cleared variable reaches.
+    triangle updates by one pair tensor (9%). We hold exactly what a never-cleared variable
+    reaches.
+
+    Running the two passes to find those variables cost a quarter of a selection estimate
+    (70 ms of 270 on a 4-block Evoformer), so :func:`never_cleared` reads them off the
+    bindings the liveness walk already has, as the passes decide them; the passes remain the
+    reference (:func:`never_cleared_by_passes`), used where the function has a value the rule
+    does not cover, and tests check that both agree on the plans selection estimates.
     """
+    held = never_cleared(live)
+    if held is None:
+        held = never_cleared_by_passes(lowered, func_name)
+    return frozenset(
+        s
+        for binding in live.bindings
+        if handle(binding.var) in held
+        for s in live.storages_of(binding.var)
+    )
+
+
+_KILL_OPS = frozenset(
+    {"relax.memory.kill_tensor", "relax.memory.kill_storage", "relax.vm.kill_object"}
+)
+_ALLOC_STORAGE_OPS = frozenset({"relax.memory.alloc_storage", "relax.vm.alloc_storage"})
+# Values with scopes of their own, which the rule of never_cleared does not cover (there are
+# none after memory planning, bar control flow the function had from the start).
+_SCOPED = frozenset({"If", "Function", "SeqExpr"})
+
+
+def never_cleared(live: Liveness) -> set[int] | None:
+    """Handles of the variables of ``live.func`` (planned, not yet through
+    ``LowerAllocTensor`` and ``KillAfterLastUse``) whose registers the VM never clears; None
+    when a value has a scope of its own (a branch, a nested function).
+
+    The rule is what ``KillAfterLastUse`` does to a function without branches or dataflow
+    blocks (those are gone after memory planning). It first canonicalizes the bindings: a
+    trivial binding (``y = x``, a ``match_cast`` that keeps the type, or a field read of a
+    tuple built in the function, followed back through such bindings) is removed and its
+    uses read the value it names. Then every remaining variable with a last use, other than
+    the function's result, gets a kill after it. The variables not killed: those nothing
+    reads after canonicalization, the result's, and those the function already kills. It
+    reads the facts the liveness walk collected (``ops``, ``reads``), and a value only where
+    a binding reads a tuple's field or names another variable.
+    """
+    known: dict[int, relax.Expr] = {}  # alias, tuple and field bindings: the value, resolved
+    root: dict[int, int] = {}  # a trivially bound variable -> the one it names
+    bound: list[int] = []  # the variables whose bindings remain, in order
+    used: set[int] = set()
+    killed: set[int] = set()
+
+    def named(key: int) -> int:
+        return root.get(key, key)
+
+    for index, binding in enumerate(live.bindings):
+        op = live.ops[index]
+        if op in _SCOPED:
+            return None
+        key = handle(binding.var)
+        reads = live.reads[index]
+        if op in ("alias", "tuple", "tuple_get_item"):
+            value = binding.value
+            if op == "tuple_get_item":
+                tup = value.tuple_value
+                while isinstance(tup, relax.Var) and handle(tup) in known:
+                    tup = known[handle(tup)]
+                if isinstance(tup, relax.Tuple):
+                    value = tup.fields[value.index]
+            known[key] = value
+            if isinstance(value, relax.Var) and (
+                not isinstance(binding, relax.MatchCast)
+                or tvm.ir.structural_equal(binding.var.ty, value.ty)
+            ):
+                root[key] = named(handle(value))
+                continue  # removed; its uses read the root
+        bound.append(key)
+        if op in _KILL_OPS:
+            killed.update(named(h) for h in reads)
+        elif op not in _ALLOC_STORAGE_OPS:  # its arguments are sizes and scopes, not visited
+            used.update(named(h) for h in reads)
+    func = live.func
+    result = func.body.body if isinstance(func.body, relax.SeqExpr) else func.body
+    outputs = {named(handle(v)) for v in relax.analysis.free_vars(result)}
+    return {key for key in bound if key not in used or key in outputs} - (killed - outputs)
+
+
+def never_cleared_by_passes(lowered: tvm.IRModule, func_name: str) -> set[int]:
+    """:func:`never_cleared` by running ``LowerAllocTensor`` and ``KillAfterLastUse`` and
+    reading which variables remain bound and are never killed."""
     cleared_mod = tvm.transform.Sequential(
         [relax.transform.LowerAllocTensor(), relax.transform.KillAfterLastUse()]
     )(lowered)
-    # The pass also folds variable aliases (``lv = alloc``) into their source: a variable no
-    # longer bound there is cleared with its source.
     # By handle (NOTE [keys by handle], analysis/memory.py): the passes keep the variables.
     remaining: set[int] = set()
     cleared: set[int] = set()
@@ -507,13 +587,7 @@ def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> fr
         value = binding.value
         if op_name(value) in _KILL_OPS and isinstance(value.args[0], relax.Var):
             cleared.add(handle(value.args[0]))
-    held = remaining - cleared
-    return frozenset(
-        s
-        for binding in live.bindings
-        if handle(binding.var) in held
-        for s in live.storages_of(binding.var)
-    )
+    return remaining - cleared
 
 
 def _storage_tensors(bindings) -> dict[int, tuple[tuple[int, int], ...]]:
