@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from tvm import relax
@@ -96,8 +96,12 @@ def step_features(
     totals: ModelTotals,
     bindings: list[relax.Binding] | None = None,
     bounds: Mapping[str, int] | None = None,
+    bound_names: Collection[str] | None = None,
 ) -> StepFeatures:
-    """Features of ``candidate`` chunked at ``chunk_len`` (a static extent is required)."""
+    """Features of ``candidate`` chunked at ``chunk_len`` (a static extent is required).
+
+    ``bound_names``: the names the function's bindings have, when the caller has them (a
+    region's constant inputs are then not searched for among the bindings)."""
     if not isinstance(candidate.extent, int):
         raise ValueError("cost features need a static chunk extent")
     bindings = bindings if bindings is not None else flat_bindings(func)
@@ -113,7 +117,9 @@ def step_features(
         if not is_view(b) and axes[b.var.name].chunked and chunk_len * axes[b.var.name].scale == 1
     )
     views = list(candidate.inputs) + list(candidate.outputs)
-    by_name = _variables_named({name for name, _ in views}, func, bindings[: candidate.end + 1])
+    by_name = _variables_named(
+        {name for name, _ in views}, func, bindings[: candidate.end + 1], bound_names
+    )
     io_elements, row_bytes = 0, None
     for name, axis in views:
         var = by_name.get(name)
@@ -133,18 +139,24 @@ def step_features(
 
 
 def _variables_named(
-    names: set[str], func: relax.Function, bindings: list[relax.Binding]
+    names: set[str],
+    func: relax.Function,
+    bindings: list[relax.Binding],
+    bound_names: Collection[str] | None = None,
 ) -> dict[str, relax.Var]:
     """The variables called ``names``: the latest binding of each in ``bindings`` (searched
     backwards, so a region's inputs, read near it, are found without walking a deep model),
-    else a parameter."""
+    else a parameter. With ``bound_names`` (every binding name of the function), the walk
+    looks only for those: a name no binding has (a region's constant input) would make it
+    walk to the start of the function, for every region of a 48-block model."""
     found: dict[str, relax.Var] = {}
-    for binding in reversed(bindings):
+    wanted = names if bound_names is None else {n for n in names if n in bound_names}
+    for binding in reversed(bindings if wanted else ()):
         name = binding.var.name
-        if name in names and name not in found:
+        if name in wanted and name not in found:
             found[name] = binding.var
-            if len(found) == len(names):
-                return found
+            if len(found) == len(wanted):
+                break
     for param in func.params:
         found.setdefault(param.name, param)
     return found

@@ -937,7 +937,9 @@ def _priced(
     chunk_len: int,
 ) -> float:
     """The cost model's price of chunking ``cand`` at ``chunk_len`` in ``est``'s function."""
-    features = step_features(est.func, cand, chunk_len, totals, est.bindings, est.bounds)
+    features = step_features(
+        est.func, cand, chunk_len, totals, est.bindings, est.bounds, bound_names=est.index
+    )
     return cost_model.step_cost(features)
 
 

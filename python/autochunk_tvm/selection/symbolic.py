@@ -173,8 +173,9 @@ class AtTheBound:
 
 class TwinEstimator:
     """What selection needs of a :class:`~.estimate.PlanEstimator`, for a symbolic function:
-    the static twin's structure to search (``mod``, ``func``, ``bindings``), and estimates of
-    the symbolic build at the bound for plans written on the twin (NOTE [symbolic selection]).
+    the static twin's structure to search (``mod``, ``func``, ``bindings``, ``index``), and
+    estimates of the symbolic build at the bound for plans written on the twin (NOTE
+    [symbolic selection]).
     """
 
     def __init__(self, twin: AtTheBound, symbolic: PlanEstimator) -> None:
@@ -184,6 +185,7 @@ class TwinEstimator:
         self.func_name = twin.func_name
         self.func = twin.static[twin.func_name]
         self.bindings = flat_bindings(self.func)
+        self.index = {b.var.name: i for i, b in enumerate(self.bindings)}
         self.bounds = None  # the twin's shapes are static
         self.target = symbolic.target
 
