@@ -13,7 +13,6 @@ returned on success).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -59,6 +58,9 @@ class LoweringCache:
         The typed GlobalVar of each composite under each name.
     traced
         Candidates whose chunk flow was checked on this module.
+    layouts
+        What rewriting a function needs before any plan, by the handles of the function and
+        its high-level source (:class:`_Layout`).
     """
 
     steps: dict[tuple[ChunkStep, str], tuple[tvm.tirx.PrimFunc, _Lowered]] = dataclasses.field(
@@ -69,6 +71,7 @@ class LoweringCache:
         default_factory=dict
     )
     traced: set[ChunkCandidate] = dataclasses.field(default_factory=set)
+    layouts: dict[tuple[int, int | None], _Layout] = dataclasses.field(default_factory=dict)
 
 
 def validate_plan(mod: tvm.IRModule, plan: ChunkPlan, traced: set | None = None) -> None:
@@ -197,9 +200,9 @@ def lower_chunk_plan(
             taken.add(gv.name_hint)
             lowered.append((step, region, gv))
         if legalized is None:
-            rewritten[name] = _rewrite(name, func, lowered)
+            rewritten[name] = _rewrite(func, lowered, cache=cache)
         else:
-            rewritten[name] = _rewrite(name, legalized[name], lowered, source=func)
+            rewritten[name] = _rewrite(legalized[name], lowered, func, cache)
     out = tvm.IRModule(functions, attrs=base.attrs)
     for name, func in rewritten.items():
         out[name] = func
@@ -352,35 +355,40 @@ def _same_constants(a, b) -> bool:
     return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
 
 
-def _rewrite(
-    name: str, func: relax.Function, lowered: list, source: relax.Function | None = None
-) -> relax.Function:
-    """``func`` rebuilt with each lowered region replaced by its composite call.
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What :func:`_rewrite` needs of a function before any plan: its blocks and bindings,
+    which high-level binding each belongs to (``owner``, by position in ``func``), each
+    high-level binding's group of bindings by its variable's name (``own``), and the map from
+    ``source``'s variables to ``func``'s (``env``). The same for every plan, so selection
+    keeps it (:class:`LoweringCache`)."""
 
-    ``source``: the high-level function the regions were lowered from, when ``func`` is its
-    legalized form (the same variables, in order, with legalized values and possibly helper
-    bindings before them). The regions' inputs and hoisted bindings name ``source``'s
-    variables; they are matched to ``func``'s bindings of the same variable.
+    func: relax.Function
+    source: relax.Function | None
+    blocks: tuple[tuple[bool, tuple[relax.Binding, ...]], ...]  # (dataflow?, bindings)
+    owner: tuple[int, ...]
+    own: dict[str, list[relax.Binding]]
+    env: dict[relax.Expr, relax.Expr]
 
-    NOTE [keep the variables]: every binding outside the regions is re-emitted as it is, with
-    its own variable, and each region output keeps its variable too (bound to the composite's
-    result, which has the same type). Nothing after a region needs rewriting, so the cost is
-    one append per binding, not a substitution of every expression (selection rewrites the
-    whole function once per estimated plan).
-    """
-    at_start = {step.candidate.start: (step, low, gv) for step, low, gv in lowered}
-    all_bindings = flat_bindings(func)
-    # NOTE [helper bindings]: legalization may emit helper bindings before the one they serve
-    # (under names already taken); each binding of ``func`` belongs to the next binding that
-    # is ``source``'s own variable. Without ``source`` every binding is its own.
-    if source is None:
-        owner = list(range(len(all_bindings)))
-        own = {b.var.name: [b] for b in all_bindings}
-    else:
+    @classmethod
+    def of(cls, func: relax.Function, source: relax.Function | None) -> _Layout:
+        blocks = tuple(
+            (isinstance(block, relax.DataflowBlock), tuple(block.bindings[:]))
+            for block in func.body.blocks[:]
+        )
+        all_bindings = [b for _, bindings in blocks for b in bindings]
+        # NOTE [helper bindings]: legalization may emit helper bindings before the one they
+        # serve (under names already taken); each binding of ``func`` belongs to the next
+        # binding that is ``source``'s own variable. Without ``source`` every binding is its
+        # own.
+        if source is None:
+            owner = tuple(range(len(all_bindings)))
+            return cls(func, None, blocks, owner, {b.var.name: [b] for b in all_bindings}, {})
         # Keyed by handle: a variable read afresh from the FFI is a new Python object, and a
         # dict keyed by variables compares such objects through the FFI (NOTE [keys by
         # handle], analysis/memory.py).
-        source_vars = {handle(b.var): i for i, b in enumerate(flat_bindings(source))}
+        source_bindings = flat_bindings(source)
+        source_vars = {handle(b.var): i for i, b in enumerate(source_bindings)}
         owner = [len(source_vars)] * len(all_bindings)  # trailing helpers: past the end
         following = len(source_vars)
         for j in range(len(all_bindings) - 1, -1, -1):
@@ -390,56 +398,88 @@ def _rewrite(
         for binding, index in zip(all_bindings, owner):
             groups.setdefault(index, []).append(binding)
         own = {g[-1].var.name: g for g in groups.values() if handle(g[-1].var) in source_vars}
-    env: dict[relax.Expr, relax.Expr] = {}  # source variable -> func's variable
-    if source is not None:
         params = {p.name: p for p in func.params}
         env = {p: params[p.name] for p in source.params if p.name in params}
-        env.update({b.var: own[b.var.name][-1].var for b in flat_bindings(source)})
-    attrs = dict(func.attrs) if func.attrs is not None else None
-    private = not (func.attrs and "global_symbol" in func.attrs)
+        env.update({b.var: own[b.var.name][-1].var for b in source_bindings})
+        return cls(func, source, blocks, tuple(owner), own, env)
+
+
+def _rewrite(
+    func: relax.Function,
+    lowered: list,
+    source: relax.Function | None = None,
+    cache: LoweringCache | None = None,
+) -> relax.Function:
+    """``func`` rebuilt with each lowered region replaced by its composite call; the caller
+    normalizes the module it goes into.
+
+    ``source``: the high-level function the regions were lowered from, when ``func`` is its
+    legalized form (the same variables, in order, with legalized values and possibly helper
+    bindings before them). The regions' inputs and hoisted bindings name ``source``'s
+    variables; they are matched to ``func``'s bindings of the same variable.
+
+    NOTE [keep the variables]: every binding outside the regions is kept as it is, with its
+    own variable, and each region output keeps its variable too (bound to the composite's
+    result, which has the same type). Nothing after a region needs rewriting, so the cost is
+    one append per binding, not a substitution of every expression (selection rewrites the
+    whole function once per estimated plan). The blocks are made of the bindings directly,
+    and only the composite calls are normalized here: re-emitting every binding through a
+    BlockBuilder, which also hashed the finished function, was a fifth of an estimate.
+    """
+    key = (handle(func), None if source is None else handle(source))
+    layout = None if cache is None else cache.layouts.get(key)
+    if layout is None:
+        layout = _Layout.of(func, source)
+        if cache is not None:
+            cache.layouts[key] = layout  # it holds func and source: the handles stay theirs
+    at_start = {step.candidate.start: (low, gv) for step, low, gv in lowered}
     in_region = set()
     for step, _, _ in lowered:
         in_region.update(range(step.candidate.start, step.candidate.end + 1))
-
-    bb = relax.BlockBuilder()
+    builder = relax.BlockBuilder()
+    owner, own = layout.owner, layout.own
     position = 0
-    emitted = set()
-    with bb.function(name, list(func.params), attrs=attrs, pure=func.is_pure, private=private):
-        for block in func.body.blocks:
-            dataflow = isinstance(block, relax.DataflowBlock)
-            with bb.dataflow() if dataflow else contextlib.nullcontext():
-                for binding in block.bindings[:]:
-                    index = owner[position]
-                    position += 1
-                    if index in at_start and index not in emitted:
-                        emitted.add(index)
-                        _, low, gv = at_start[index]
-                        for hoisted in low.region.hoisted:
-                            for part in own[hoisted.var.name]:
-                                bb.emit_normalized(part)
-                        _emit_composite(bb, env, low, gv, own)
-                    if index not in in_region:
-                        bb.emit_normalized(binding)
-        bb.emit_func_output(func.body.body)
-    return bb.get()[name]
+    blocks = []
+    for dataflow, bindings in layout.blocks:
+        kept: list[relax.Binding] = []
+        for binding in bindings:
+            index = owner[position]
+            position += 1
+            if index in at_start:
+                low, gv = at_start.pop(index)  # before the first binding of the region
+                for hoisted in low.region.hoisted:
+                    kept += own[hoisted.var.name]
+                kept += _composite_bindings(builder, layout.env, low, gv, own, dataflow)
+            if index not in in_region:
+                kept.append(binding)
+        blocks.append(relax.DataflowBlock(kept) if dataflow else relax.BindingBlock(kept))
+    body = relax.SeqExpr(blocks, func.body.body)
+    return relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
 
 
-def _emit_composite(bb, env, low: _Lowered, gv, own) -> None:
+def _composite_bindings(
+    builder: relax.BlockBuilder, env, low: _Lowered, gv, own, dataflow: bool
+) -> list[relax.Binding]:
+    """The bindings that call ``gv``, the composite of region ``low``, and bind the region's
+    output variables to its results."""
     args = [substitute(i.value, env) for i in low.region.inputs] + list(low.constants)
     out_ty = [o.ty for o in low.outputs] + [
         relax.TensorType([size], dtype) for dtype, size in low.storages
     ]
-    call = relax.call_tir(gv, args, out_ty)
-    result = bb.emit(call, f"chunked_{low.outputs[0].var.name}")
+    call = builder.normalize(relax.call_tir(gv, args, out_ty))
+    kind = relax.DataflowVar if dataflow else relax.Var
+    result = kind(f"chunked_{low.outputs[0].var.name}", call.ty)
+    out = [relax.VarBinding(result, call)]
     by_var: dict[relax.Var, dict[int | None, relax.Expr]] = {}
     # call_tir with a single output returns that tensor, not a 1-tuple
     single = len(out_ty) == 1
-    for k, out in enumerate(low.outputs):
+    for k, output in enumerate(low.outputs):
         value = result if single else relax.TupleGetItem(result, k)
-        by_var.setdefault(out.var, {})[out.field] = value
+        by_var.setdefault(output.var, {})[output.field] = value
     for var, fields in by_var.items():
         if None in fields:
             value = fields[None]
         else:
             value = relax.Tuple([fields[i] for i in range(len(fields))])
-        bb.emit_normalized(relax.VarBinding(own[var.name][-1].var, bb.normalize(value)))
+        out.append(relax.VarBinding(own[var.name][-1].var, builder.normalize(value)))
+    return out
