@@ -112,7 +112,18 @@ def test_largest_fitting_is_exact_from_any_guess(guess_off):
 def test_largest_fitting_takes_secant_steps_on_a_linear_footprint():
     probes = []
     got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096)
-    assert got == 500 and probes == [8, 4096, 2052, 500, 501]  # the line lands on it
+    assert got == 500 and probes == [8, 9, 500, 501]  # the line from 8 and 9 lands on it
+    probes = []
+    got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096, 8)
+    assert got == 500 and probes == [8, 9, 500, 501]  # a guess of 8 is no guess above it
+
+
+def test_largest_fitting_stops_at_once_when_the_neighbour_does_not_fit():
+    """A group relaxed at the length it was found at: the neighbour above is the only probe
+    (after the length itself, whose plan relax() has estimated already)."""
+    probes = []
+    got = _largest_fitting(lambda n: probes.append(n) or 100 * n, 150, 1, 64)
+    assert got == 1 and probes == [1, 2]
 
 
 def test_largest_fitting_steps_over_a_flat_start():
@@ -120,7 +131,7 @@ def test_largest_fitting_steps_over_a_flat_start():
     a secant from a fitting length would crawl up from it one length at a time."""
     probes = []
     got = _largest_fitting(lambda n: probes.append(n) or max(2000, 100 + 50 * n), 2100, 1, 64)
-    assert got == 40 and len(probes) <= 6, probes
+    assert got == 40 and len(probes) <= 7, probes  # with the neighbour of 1
 
 
 def test_largest_fitting_treats_a_length_that_does_not_lower_as_too_large():

@@ -452,21 +452,27 @@ def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | Non
 
     The bracket ``[lo, hi)`` starts at ``[fits, extent + 1)``. A ``guess`` (the answer of a
     similar plan) is probed first, with its neighbour above: when it is the answer, that
-    closes the bracket. Otherwise the next probe is the whole extent, so both ends of the
-    bracket have values. Then steps cycle: a secant step on the line through the two
-    shortest lengths known not to fit, a probe next to it (on a straight line the secant
-    lands on the answer and its neighbour closes the bracket), and a bisection, so that a bad
-    line (page rounding, a step in the storage plan) cannot slow it below a third of
-    bisection's pace; bisection until two lengths that do not fit are known.
+    closes the bracket. Without a guess above ``fits``, the neighbour of ``fits`` is probed
+    first: a group that cannot grow at all (a third of the groups relaxed on the Evoformer)
+    costs one probe, and when it can, the line through ``fits`` and its neighbour predicts
+    the answer on a footprint linear from there. Otherwise, or when that prediction fits, the
+    next probe is the whole extent, so both ends of the bracket have values. Then steps
+    cycle: a secant step on the line through the two shortest lengths known not to fit, a
+    probe next to it (on a straight line the secant lands on the answer and its neighbour
+    closes the bracket), and a bisection, so that a bad line (page rounding, a step in the
+    storage plan) cannot slow it below a third of bisection's pace; bisection until two
+    lengths that do not fit are known.
 
     The secant takes two lengths that do not fit, not the bracket's ends: below some length
     the footprint is flat (the peak is elsewhere in the plan) and only rises past it, so the
     line from a fitting length runs under the curve and lands a length or two above ``lo``
     (seen on the Evoformer: 15 probes for one group). Lengths over the target are on the
-    rising part.
+    rising part. The one line through fitting lengths is where it is flat nowhere in
+    between: from ``fits`` to its neighbour, rising.
     """
     values = {fits: held(fits)}
     lo, hi = fits, extent + 1  # lo fits; hi is the smallest length known not to (or past it)
+    last, last_probe = "bisect", lo
     if guess is not None and lo < guess <= extent:
         for probe in (guess, guess + 1):
             if probe > extent:
@@ -476,15 +482,29 @@ def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | Non
                 hi = probe
                 break
             lo = probe
-    last, last_probe = "bisect", lo
+    elif lo < extent:
+        values[lo + 1] = held(lo + 1)
+        if values[lo + 1] > target:
+            return lo
+        slope = values[lo + 1] - values[lo]
+        lo += 1
+        if slope > 0:
+            probe = min(extent, lo + (target - values[lo]) // slope)
+            if probe > lo:
+                values[probe] = held(probe)
+                last, last_probe = "secant", probe
+                if values[probe] <= target:
+                    lo = probe
+                else:
+                    hi = probe
     while hi - lo > 1:
         probe = (lo + hi) // 2
         kind = "bisect"
         failing = sorted(n for n, v in values.items() if target < v < math.inf)
-        if hi > extent:
-            probe, kind = extent, "extent"
-        elif last == "secant":
+        if last == "secant":
             probe, kind = (lo + 1 if lo == last_probe else hi - 1), "adjacent"
+        elif hi > extent:
+            probe, kind = extent, "extent"
         elif last != "adjacent" and len(failing) >= 2:
             a, b = failing[:2]
             slope = (values[b] - values[a]) / (b - a)
