@@ -301,21 +301,76 @@ def read_vars(expr: relax.Expr) -> list[relax.Var]:
     Python through calls, tuples and items (the shape of a normalized binding), which saves
     an FFI call and an array per binding in the walks that run on every estimate; anything
     else (a branch, a nested function) is left to TVM's analysis."""
-    if isinstance(expr, relax.Var):
+    kind = _READ_KIND.get(type(expr)) or _read_kind(expr)
+    if kind == "var":
         return [expr]
-    if isinstance(expr, relax.Call):
-        callee = [expr.op] if isinstance(expr.op, relax.Var) else []  # a closure called
-        return callee + [v for a in expr.args[:] for v in read_vars(a)]
-    if isinstance(expr, relax.Tuple):
+    if kind == "call":
+        op = expr.op
+        out = [op] if (_READ_KIND.get(type(op)) or _read_kind(op)) == "var" else []  # a closure
+        for arg in expr.args[:]:
+            out += read_vars(arg)
+        return out
+    if kind == "tuple":
         return [v for f in expr.fields[:] for v in read_vars(f)]
-    if isinstance(expr, relax.TupleGetItem):
+    if kind == "item":
         return read_vars(expr.tuple_value)
-    if isinstance(expr, _LEAVES):
+    if kind in ("const", "leaf"):
         return []
     return list(relax.analysis.free_vars(expr))
 
 
-def _called_primfunc(value: relax.Expr, mod: tvm.IRModule | None) -> tirx.PrimFunc | None:
+def _reads_and_constants(expr: relax.Expr, constants: dict[int, relax.Expr]) -> list[relax.Var]:
+    """:func:`read_vars` of a bound value, adding the tensor constants among its call
+    arguments and tuple fields to ``constants`` (by handle) on the way: the liveness walk's
+    two walks of every value in one."""
+    kind = _READ_KIND.get(type(expr)) or _read_kind(expr)
+    if kind == "call":
+        op = expr.op
+        out = [op] if (_READ_KIND.get(type(op)) or _read_kind(op)) == "var" else []
+        for arg in expr.args[:]:
+            out += _reads_and_constants(arg, constants)
+        return out
+    if kind == "tuple":
+        out = []
+        for field in expr.fields[:]:
+            out += _reads_and_constants(field, constants)
+        return out
+    if kind == "const":
+        constants.setdefault(handle(expr), expr)
+        return []
+    return read_vars(expr)
+
+
+# A value's class -> how read_vars walks it. isinstance on IR classes is slow (several per
+# node of every binding of every estimate); a class is asked once.
+_READ_KIND: dict[type, str] = {}
+
+
+def _read_kind(expr: relax.Expr) -> str:
+    kinds = (
+        ("var", relax.Var),  # DataflowVar too
+        ("call", relax.Call),
+        ("tuple", relax.Tuple),
+        ("item", relax.TupleGetItem),
+        ("const", tvm.ir.expr.GenericConst),
+        ("leaf", _LEAVES),
+    )
+    kind = next((k for k, cls in kinds if isinstance(expr, cls)), "other")
+    _READ_KIND[type(expr)] = kind
+    return kind
+
+
+# binding_op's names of the calls that run a kernel (before and after CallTIRRewrite)
+_KERNEL_CALLS = ("call_tir:", "call_tir_inplace:", "call:")
+
+
+def _called_primfunc(
+    value: relax.Expr,
+    mod: tvm.IRModule | None,
+    found: dict[int, tirx.PrimFunc | None] | None = None,
+) -> tirx.PrimFunc | None:
+    """The PrimFunc of ``mod`` that ``value`` calls, or None; ``found``, the callees looked
+    up before (by handle), saves a lookup in the module for each call of a kernel."""
     if mod is None or not isinstance(value, relax.Call):
         return None
     if isinstance(value.op, tvm.ir.Op) and value.op.name in (
@@ -327,11 +382,17 @@ def _called_primfunc(value: relax.Expr, mod: tvm.IRModule | None) -> tirx.PrimFu
         callee = value.op  # a PrimFunc called directly, after CallTIRRewrite
     else:
         return None
+    key = handle(callee)
+    if found is not None and key in found:
+        return found[key]
+    prim = None
     if isinstance(callee, tvm.ir.GlobalVar) and callee in mod:
         func = mod[callee]
         if isinstance(func, tirx.PrimFunc):
-            return func
-    return None
+            prim = func
+    if found is not None:
+        found[key] = prim  # the module holds the callee: its handle stays its own
+    return prim
 
 
 def _callee_shape_values(value: relax.Call, prim: tirx.PrimFunc, var: relax.Var) -> dict[str, int]:
@@ -363,30 +424,6 @@ def _callee_shape_values(value: relax.Call, prim: tirx.PrimFunc, var: relax.Var)
 def _callee_name(value: relax.Call) -> str:
     callee = value.args[0] if isinstance(value.op, tvm.ir.Op) else value.op
     return callee.name_hint
-
-
-def _constants(expr: relax.Expr, found: dict[int, relax.Expr]) -> None:
-    kind = _CONSTANT_WALK.get(type(expr))
-    if kind is None:  # a class not seen yet (isinstance on IR classes is slow: ask once)
-        kind = _CONSTANT_WALK[type(expr)] = next(
-            (k for k, cls in _CONSTANT_KINDS if isinstance(expr, cls)), ""
-        )
-    if kind == "const":
-        found.setdefault(handle(expr), expr)
-    elif kind == "call":
-        for arg in expr.args[:]:  # a slice reads the FFI array in one call
-            _constants(arg, found)
-    elif kind == "tuple":
-        for field in expr.fields[:]:
-            _constants(field, found)
-
-
-_CONSTANT_KINDS = (
-    ("const", tvm.ir.expr.GenericConst),
-    ("call", relax.Call),
-    ("tuple", relax.Tuple),
-)
-_CONSTANT_WALK: dict[type, str] = {}  # a value's class -> its kind in _CONSTANT_KINDS, or ""
 
 
 def handle(expr: relax.Expr) -> int:
@@ -510,6 +547,7 @@ class _LivenessVisitor:
         self.weight_bytes = 0
         self.index = -1
         self.own: SizeExpr = 0  # bytes the binding being visited allocates
+        self.op: str | None = None  # binding_op of the value being visited, when known
         self._dispatch = (
             (relax.Var, self.visit_var),  # DataflowVar too
             (relax.Tuple, self.visit_tuple),
@@ -606,7 +644,7 @@ class _LivenessVisitor:
         return self.field_of(value.tuple_value, value.index)
 
     def visit_call(self, var: relax.Var, value: relax.Call) -> Backing:
-        op = binding_op(value)
+        op = self.op if self.op is not None else binding_op(value)
         if op == "relax.memory.alloc_tensor":
             return self.backing_of(value.args[0])  # a tensor placed in a planned storage
         if op in VIEW_OPS:
@@ -644,9 +682,14 @@ class _LivenessVisitor:
 
     # -- the walk --------------------------------------------------------------------------
 
-    def visit_binding(self, index: int, binding: relax.Binding) -> None:
-        var, value = binding.var, binding.value
-        self.index, self.own = index, 0
+    def visit_binding(
+        self, index: int, binding: relax.Binding, value: relax.Expr | None = None, op=None
+    ) -> None:
+        """``value`` and ``op`` (its :func:`binding_op`): the binding's, when the caller has
+        read them already."""
+        var = binding.var
+        value = binding.value if value is None else value
+        self.index, self.own, self.op = index, 0, op
         at = self._dispatch_of.get(type(value))
         if at is None:  # the first value of its class: find its method once
             at = next(
@@ -700,13 +743,14 @@ def analyse_liveness(
     own: list[SizeExpr] = []
     uses: list[set[int]] = []
     reads: list[tuple[int, ...]] = []
+    primfuncs: dict[int, tirx.PrimFunc | None] = {}  # by the callee's handle
     for index, binding in enumerate(bindings):
         value = binding.value
-        ops.append(binding_op(value))
-        _constants(value, constants)
-        reads.append(tuple(handle(v) for v in read_vars(value)))
+        op = binding_op(value)
+        ops.append(op)
+        reads.append(tuple(handle(v) for v in _reads_and_constants(value, constants)))
         uses.append({s for h in reads[-1] for s in visitor.backing.get(h, ())})
-        prim = _called_primfunc(value, mod)
+        prim = _called_primfunc(value, mod, primfuncs) if op.startswith(_KERNEL_CALLS) else None
         if prim is None:
             workspaces.append(())
         elif workspace is not None and (callee := _callee_name(value)) in workspace:
@@ -716,7 +760,7 @@ def analyse_liveness(
         # only kernels with workspace need their shape variables bound (most have none)
         needs_shapes = prim is not None and workspaces[-1]
         callee_shapes.append(_callee_shape_values(value, prim, binding.var) if needs_shapes else {})
-        visitor.visit_binding(index, binding)
+        visitor.visit_binding(index, binding, value, op)
         own.append(visitor.own)
 
     # Step 3. Last uses; inputs and storages behind the result live to the end.
