@@ -495,7 +495,7 @@ def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> fr
     (70 ms of 270 on a 4-block Evoformer), so :func:`never_cleared` reads them off the
     bindings the liveness walk already has, as the passes decide them; the passes remain the
     reference (:func:`never_cleared_by_passes`), used where the function has a value the rule
-    does not cover, and tests check that both agree on the plans selection estimates.
+    does not cover; a test checks that both hold the same storages on plans of two models.
     """
     held = never_cleared(live)
     if held is None:

@@ -467,8 +467,12 @@ def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | Non
     the footprint is flat (the peak is elsewhere in the plan) and only rises past it, so the
     line from a fitting length runs under the curve and lands a length or two above ``lo``
     (seen on the Evoformer: 15 probes for one group). Lengths over the target are on the
-    rising part. The one line through fitting lengths is where it is flat nowhere in
-    between: from ``fits`` to its neighbour, rising.
+    rising part. The only line drawn through fitting lengths is the one from ``fits`` to its
+    neighbour: no flat stretch can lie between two adjacent lengths.
+
+    Where the footprint is not monotone, a neighbour that does not fit ends the search, and
+    the extent-first bracket might have found a longer length that fits beyond it; none of
+    the plans ``benchmarks/check_plans.py`` checks changed with the neighbour-first probe.
     """
     values = {fits: held(fits)}
     lo, hi = fits, extent + 1  # lo fits; hi is the smallest length known not to (or past it)
