@@ -296,11 +296,15 @@ _LEAVES = (
 )
 
 
-def read_vars(expr: relax.Expr) -> list[relax.Var]:
+def read_vars(expr: relax.Expr, constants: dict[int, relax.Expr] | None = None) -> list[relax.Var]:
     """The variables a binding's value reads: ``relax.analysis.free_vars`` of it, walked in
     Python through calls, tuples and items (the shape of a normalized binding), which saves
     an FFI call and an array per binding in the walks that run on every estimate; anything
-    else (a branch, a nested function) is left to TVM's analysis."""
+    else (a branch, a nested function) is left to TVM's analysis.
+
+    ``constants``: a table (by handle) the tensor constants among the value's call arguments
+    and tuple fields are added to on the way, so that the liveness walk reads a value once.
+    """
     kind = _READ_KIND.get(type(expr)) or _read_kind(expr)
     if kind == "var":
         return [expr]
@@ -308,37 +312,22 @@ def read_vars(expr: relax.Expr) -> list[relax.Var]:
         op = expr.op
         out = [op] if (_READ_KIND.get(type(op)) or _read_kind(op)) == "var" else []  # a closure
         for arg in expr.args[:]:
-            out += read_vars(arg)
-        return out
-    if kind == "tuple":
-        return [v for f in expr.fields[:] for v in read_vars(f)]
-    if kind == "item":
-        return read_vars(expr.tuple_value)
-    if kind in ("const", "leaf"):
-        return []
-    return list(relax.analysis.free_vars(expr))
-
-
-def _reads_and_constants(expr: relax.Expr, constants: dict[int, relax.Expr]) -> list[relax.Var]:
-    """:func:`read_vars` of a bound value, adding the tensor constants among its call
-    arguments and tuple fields to ``constants`` (by handle) on the way: the liveness walk's
-    two walks of every value in one."""
-    kind = _READ_KIND.get(type(expr)) or _read_kind(expr)
-    if kind == "call":
-        op = expr.op
-        out = [op] if (_READ_KIND.get(type(op)) or _read_kind(op)) == "var" else []
-        for arg in expr.args[:]:
-            out += _reads_and_constants(arg, constants)
+            out += read_vars(arg, constants)
         return out
     if kind == "tuple":
         out = []
         for field in expr.fields[:]:
-            out += _reads_and_constants(field, constants)
+            out += read_vars(field, constants)
         return out
+    if kind == "item":
+        return read_vars(expr.tuple_value)
     if kind == "const":
-        constants.setdefault(handle(expr), expr)
+        if constants is not None:
+            constants.setdefault(handle(expr), expr)
         return []
-    return read_vars(expr)
+    if kind == "leaf":
+        return []
+    return list(relax.analysis.free_vars(expr))
 
 
 # A value's class -> how read_vars walks it. isinstance on IR classes is slow (several per
@@ -365,9 +354,7 @@ _KERNEL_CALLS = ("call_tir:", "call_tir_inplace:", "call:")
 
 
 def _called_primfunc(
-    value: relax.Expr,
-    mod: tvm.IRModule | None,
-    found: dict[int, tirx.PrimFunc | None] | None = None,
+    value: relax.Expr, mod: tvm.IRModule | None, found: dict[int, tirx.PrimFunc | None]
 ) -> tirx.PrimFunc | None:
     """The PrimFunc of ``mod`` that ``value`` calls, or None; ``found``, the callees looked
     up before (by handle), saves a lookup in the module for each call of a kernel."""
@@ -383,16 +370,11 @@ def _called_primfunc(
     else:
         return None
     key = handle(callee)
-    if found is not None and key in found:
-        return found[key]
-    prim = None
-    if isinstance(callee, tvm.ir.GlobalVar) and callee in mod:
-        func = mod[callee]
-        if isinstance(func, tirx.PrimFunc):
-            prim = func
-    if found is not None:
-        found[key] = prim  # the module holds the callee: its handle stays its own
-    return prim
+    if key not in found:
+        func = mod[callee] if isinstance(callee, tvm.ir.GlobalVar) and callee in mod else None
+        # the module holds the callee: its handle stays its own
+        found[key] = func if isinstance(func, tirx.PrimFunc) else None
+    return found[key]
 
 
 def _callee_shape_values(value: relax.Call, prim: tirx.PrimFunc, var: relax.Var) -> dict[str, int]:
@@ -748,7 +730,7 @@ def analyse_liveness(
         value = binding.value
         op = binding_op(value)
         ops.append(op)
-        reads.append(tuple(handle(v) for v in _reads_and_constants(value, constants)))
+        reads.append(tuple(handle(v) for v in read_vars(value, constants)))
         uses.append({s for h in reads[-1] for s in visitor.backing.get(h, ())})
         prim = _called_primfunc(value, mod, primfuncs) if op.startswith(_KERNEL_CALLS) else None
         if prim is None:
