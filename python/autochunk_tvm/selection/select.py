@@ -490,23 +490,16 @@ def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | Non
         values[lo + 1] = held(lo + 1)
         if values[lo + 1] > target:
             return lo
-        slope = values[lo + 1] - values[lo]
-        lo += 1
-        if slope > 0:
-            probe = min(extent, lo + (target - values[lo]) // slope)
-            if probe > lo:
-                values[probe] = held(probe)
-                last, last_probe = "secant", probe
-                if values[probe] <= target:
-                    lo = probe
-                else:
-                    hi = probe
+        lo, last = lo + 1, "neighbour"
     while hi - lo > 1:
         probe = (lo + hi) // 2
         kind = "bisect"
         failing = sorted(n for n, v in values.items() if target < v < math.inf)
+        rise = values[lo] - values[lo - 1] if last == "neighbour" else 0
         if last == "secant":
             probe, kind = (lo + 1 if lo == last_probe else hi - 1), "adjacent"
+        elif rise > 0 and target - values[lo] >= rise:  # the line through fits and lo
+            probe, kind = lo + (target - values[lo]) // rise, "secant"
         elif hi > extent:
             probe, kind = extent, "extent"
         elif last != "adjacent" and len(failing) >= 2:
