@@ -461,15 +461,17 @@ def _composite_bindings(
     builder: relax.BlockBuilder, env, low: _Lowered, gv, own, dataflow: bool
 ) -> list[relax.Binding]:
     """The bindings that call ``gv``, the composite of region ``low``, and bind the region's
-    output variables to its results."""
+    output variables to its results. Emitted in a block of their own on ``builder``, which
+    binds what normalizing them needs bound (an input read as a tuple's field)."""
+    if dataflow:
+        builder._begin_dataflow_block()
+    else:
+        builder._begin_binding_block()
     args = [substitute(i.value, env) for i in low.region.inputs] + list(low.constants)
     out_ty = [o.ty for o in low.outputs] + [
         relax.TensorType([size], dtype) for dtype, size in low.storages
     ]
-    call = builder.normalize(relax.call_tir(gv, args, out_ty))
-    kind = relax.DataflowVar if dataflow else relax.Var
-    result = kind(f"chunked_{low.outputs[0].var.name}", call.ty)
-    out = [relax.VarBinding(result, call)]
+    result = builder.emit(relax.call_tir(gv, args, out_ty), f"chunked_{low.outputs[0].var.name}")
     by_var: dict[relax.Var, dict[int | None, relax.Expr]] = {}
     # call_tir with a single output returns that tensor, not a 1-tuple
     single = len(out_ty) == 1
@@ -481,5 +483,5 @@ def _composite_bindings(
             value = fields[None]
         else:
             value = relax.Tuple([fields[i] for i in range(len(fields))])
-        out.append(relax.VarBinding(own[var.name][-1].var, builder.normalize(value)))
-    return out
+        builder.emit_normalized(relax.VarBinding(own[var.name][-1].var, builder.normalize(value)))
+    return list(builder._end_block().bindings)
