@@ -28,7 +28,13 @@ from autochunk_tvm.selection import (
 )
 from autochunk_tvm.selection.cost import TERMS, WEIGHTS_FILE, ModelTotals, step_features
 from autochunk_tvm.selection.peak import account_for_peak
-from autochunk_tvm.selection.select import _beam, _largest_fitting, _Selector, _State
+from autochunk_tvm.selection.select import (
+    _beam,
+    _largest_fitting,
+    _Selector,
+    _State,
+    even_lengths,
+)
 
 MIB = 1 << 20
 
@@ -74,6 +80,24 @@ def test_unreachable_error_keeps_its_numbers_across_the_ffi():
 
 
 # -- chunk length: secant and bisection on the estimate, from a length that fits ----------
+@pytest.mark.parametrize("extent", [1, 7, 37, 64, 1000, 1024, 4096])
+def test_even_lengths_are_the_shortest_of_each_chunk_count(extent):
+    for fits in sorted({1, max(1, extent // 5), extent}):
+        lengths = even_lengths(fits, extent)
+        assert lengths[0] == fits and lengths == sorted(set(lengths))
+        counts = {-(-extent // n) for n in range(1, extent + 1)}
+        wanted = {min(n for n in range(1, extent + 1) if -(-extent // n) == c) for c in counts}
+        assert lengths[1:] == sorted(n for n in wanted if n > fits)
+        assert len(lengths) <= 2 * math.isqrt(extent) + 2
+
+
+def largest(held, target, fits, extent, guess=None, probes=None):
+    """_largest_fitting as relax() calls it, recording the lengths it probes."""
+    probes = [] if probes is None else probes
+    lengths = even_lengths(fits, extent)
+    return _largest_fitting(lambda n: probes.append(n) or held(n), target, lengths, guess)
+
+
 @pytest.mark.parametrize("extent", [1000, 1024, 37, 7])
 @pytest.mark.parametrize("target", [150, 400, 999, 10_000])
 def test_largest_fitting_chunk_length_is_exact(extent, target):
@@ -82,14 +106,15 @@ def test_largest_fitting_chunk_length_is_exact(extent, target):
     def held(length):  # X + Y + A * length, with a page-like step
         return 100 + 7 * length + (length % 3)
 
-    fitting = [n for n in range(1, extent + 1) if held(n) <= target]
-    if not fitting:
-        return
-    for fits in sorted({min(fitting), max(1, max(fitting) // 3), max(fitting)}):
+    for fits in sorted({1, max(1, extent // 40), max(1, extent // 3)}):
+        lengths = even_lengths(fits, extent)
+        fitting = [n for n in lengths if held(n) <= target]
+        if held(fits) > target:
+            continue
         probes = []
-        got = _largest_fitting(lambda n: probes.append(n) or held(n), target, fits, extent)
+        got = largest(held, target, fits, extent, probes=probes)
         assert got == max(fitting)
-        assert len(probes) <= 3 * math.ceil(math.log2(extent + 1)) + 2  # not a scan
+        assert len(probes) <= 3 * math.ceil(math.log2(len(lengths) + 1)) + 2  # not a scan
 
 
 @pytest.mark.parametrize("guess_off", [0, -5, 1, 40, None])
@@ -100,29 +125,32 @@ def test_largest_fitting_is_exact_from_any_guess(guess_off):
     def held(length):
         return 100 + 7 * length + (length % 3)
 
-    answer = max(n for n in range(1, 1001) if held(n) <= 4000)
+    lengths = even_lengths(3, 1000)
+    answer = max(n for n in lengths if held(n) <= 4000)
     guess = None if guess_off is None else answer + guess_off
     probes = []
-    got = _largest_fitting(lambda n: probes.append(n) or held(n), 4000, 3, 1000, guess)
+    got = largest(held, 4000, 3, 1000, guess, probes)
     assert got == answer
     if guess_off == 0:
-        assert probes == [3, answer, answer + 1]
+        assert probes == [3, answer, lengths[lengths.index(answer) + 1]]
 
 
 def test_largest_fitting_takes_secant_steps_on_a_linear_footprint():
+    """On 1000 + 10 * length under 6000 every length up to 500 fits: 9 chunks. The shortest
+    length of 9 chunks of 4096 is 456, and the next even one, 512, is 8 chunks."""
     probes = []
-    got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096)
-    assert got == 500 and probes == [8, 9, 500, 501]  # the line from 8 and 9 lands on it
+    got = largest(lambda n: 1000 + 10 * n, 6000, 8, 4096, probes=probes)
+    assert got == 456 and probes == [8, 9, 456, 512]  # the line from 8 and 9 lands on it
     probes = []
-    got = _largest_fitting(lambda n: probes.append(n) or 1000 + 10 * n, 6000, 8, 4096, 8)
-    assert got == 500 and probes == [8, 9, 500, 501]  # a guess of 8 is no guess above it
+    got = largest(lambda n: 1000 + 10 * n, 6000, 8, 4096, 8, probes)
+    assert got == 456 and probes == [8, 9, 456, 512]  # a guess of 8 is no guess above it
 
 
 def test_largest_fitting_stops_at_once_when_the_neighbour_does_not_fit():
     """A group relaxed at the length it was found at: the neighbour above is the only probe
     (after the length itself, whose plan relax() has estimated already)."""
     probes = []
-    got = _largest_fitting(lambda n: probes.append(n) or 100 * n, 150, 1, 64)
+    got = largest(lambda n: 100 * n, 150, 1, 64, probes=probes)
     assert got == 1 and probes == [1, 2]
 
 
@@ -130,13 +158,21 @@ def test_largest_fitting_steps_over_a_flat_start():
     """Below some length the peak is elsewhere in the plan, so the footprint is flat first;
     a secant from a fitting length would crawl up from it one length at a time."""
     probes = []
-    got = _largest_fitting(lambda n: probes.append(n) or max(2000, 100 + 50 * n), 2100, 1, 64)
-    assert got == 40 and len(probes) <= 7, probes  # with the neighbour of 1
+    got = largest(lambda n: max(2000, 100 + 50 * n), 2100, 1, 64, probes=probes)
+    assert got == 32 and len(probes) <= 7, probes  # 40 fits, but is 2 chunks as 32 is
 
 
 def test_largest_fitting_treats_a_length_that_does_not_lower_as_too_large():
-    got = _largest_fitting(lambda n: math.inf if n > 40 else n, 100, 2, 64)
-    assert got == 40
+    assert largest(lambda n: math.inf if n > 40 else n, 100, 2, 64) == 32
+
+
+def test_relaxed_lengths_are_even():
+    """A relaxed step's chunk length is the shortest of its chunk count: no length between
+    two even ones is ever chosen."""
+    held = lambda n: 1000 + 10 * n  # noqa: E731
+    for target in range(1010, 1700, 37):
+        got = largest(held, target, 1, 64)
+        assert got == min(n for n in range(1, 65) if -(-64 // n) == -(-64 // got))
 
 
 # -- cost model ---------------------------------------------------------------------------
@@ -260,15 +296,20 @@ def test_on_cpu_reshapes_rewritten_once_give_the_same_estimates(gpt, monkeypatch
         assert once.position == every.position and once.peak == every.peak
 
 
-def test_chunk_lengths_are_the_largest_that_fit(gpt):
+def test_chunk_counts_are_the_fewest_that_fit_in_even_chunks(gpt):
+    """NOTE [even chunks]: each step has the fewest chunks at which the plan fits (one chunk
+    fewer does not), each as short as that count allows."""
     _, _, mod, est = gpt
     sel = select_plan(mod, 0.5, "llvm", estimator=est, headroom=0.0)
     steps = list(sel.plan.steps)
+    assert steps
     for k, step in enumerate(steps):
-        if step.chunk_len == step.candidate.extent:
+        extent, count = step.candidate.extent, step.n_chunks
+        assert step.chunk_len == -(-extent // count)  # the shortest length of its count
+        if count == 1:
             continue
-        bigger = steps[:k] + [ac.ChunkStep(step.candidate, step.chunk_len + 1)] + steps[k + 1 :]
-        assert est.estimate(tuple(bigger)).peak > sel.budget
+        fewer = ac.ChunkStep(step.candidate, -(-extent // (count - 1)))
+        assert est.estimate(tuple(steps[:k] + [fewer] + steps[k + 1 :])).peak > sel.budget
 
 
 def test_tighter_budgets_chunk_more(gpt):

@@ -18,9 +18,10 @@ allows:
    excess memory, then the least cost, go on, in slots that nest (NOTE [nested beams]: a
    wider beam never ends worse), until every slot's plan fits or none is left.
 4. *Relax* the plans that fit, in the order found, until one costs nothing: steps a plan
-   does not need are dropped, and each step, most expensive first, gets the largest chunk
-   length at which the whole plan still fits (secant steps and bisection on the estimate,
-   from the length it was found at). The cheapest relaxed plan by the cost model wins.
+   does not need are dropped, and each step, most expensive first, gets the fewest chunks
+   at which the whole plan still fits, each chunk as short as that count allows (NOTE [even
+   chunks]; secant steps and bisection on the estimate, from the length it was found at).
+   The cheapest relaxed plan by the cost model wins.
 
 When nothing fits, the plan with the smallest peak found is what ``strict=False`` returns and
 what :class:`~.budget.BudgetUnreachableError` reports.
@@ -28,6 +29,7 @@ what :class:`~.budget.BudgetUnreachableError` reports.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import logging
@@ -389,8 +391,9 @@ class _Selector:
 
     def relax(self, state: _State) -> _State:
         """Drop the steps the plan does not need, then give each step, most expensive first,
-        the largest chunk length at which the whole plan still fits. The steps of a class
-        (NOTE [region classes]) are dropped and lengthened together."""
+        the fewest chunks at which the whole plan still fits, at the shortest length of that
+        count (NOTE [even chunks]). The steps of a class (NOTE [region classes]) are dropped
+        and lengthened together."""
 
         def group_cost(group) -> float:
             return -sum(self.step_cost(s.candidate, s.chunk_len) for s in group)
@@ -414,7 +417,8 @@ class _Selector:
             # in one is first tried at the length it got there (two probes when it holds).
             key = frozenset(cands)
             guess = self._relaxed.get(key)
-            best = _largest_fitting(peak, self.budget, group[0].chunk_len, extent, guess)
+            lengths = even_lengths(group[0].chunk_len, extent)
+            best = _largest_fitting(peak, self.budget, lengths, guess)
             self._relaxed[key] = best
             steps = [*others, *(self.step(c, best) for c in cands)]
         steps = ordered_steps(steps)
@@ -445,76 +449,109 @@ class _Selector:
         )
 
 
-def _largest_fitting(held, target: int, fits: int, extent: int, guess: int | None = None) -> int:
-    """The largest chunk length in ``[fits, extent]`` with ``held(length) <= target``, given
-    that ``fits`` is such a length; ``held`` grows with the length, about linearly
-    (``X + Y + A * length``), and may be infinite (a length that does not lower).
+def even_lengths(fits: int, extent: int) -> list[int]:
+    """``fits`` and, above it, the chunk lengths that split ``extent`` as evenly as its
+    chunk count allows, ascending: ``ceil(extent / n)`` for each count ``n``.
 
-    The bracket ``[lo, hi)`` starts at ``[fits, extent + 1)``. A ``guess`` (the answer of a
-    similar plan) is probed first, with its neighbour above: when it is the answer, that
-    closes the bracket. Without a guess above ``fits``, the neighbour of ``fits`` is probed
+    NOTE [even chunks]: of the lengths that give a region the same number of chunks, the
+    shortest holds the least memory (its chunk buffers are the smallest) and runs the same
+    kernel calls; its chunks are even, where a longer one leaves a short last chunk (64 rows
+    in chunks of 15 are four of 15 and one of 4; in chunks of 13, four of 13 and one of 12).
+    A length between two even ones buys nothing, so relaxation probes only these: 15 for an
+    extent of 64, about ``2 sqrt(extent)`` in general, instead of every length.
+    """
+    lengths, count = [], 1
+    while count <= extent:
+        length = -(-extent // count)
+        if length <= fits:
+            break
+        lengths.append(length)
+        count = -(-extent // (length - 1)) if length > 1 else extent + 1
+    return [fits, *reversed(lengths)]
+
+
+def _largest_fitting(held, target: int, lengths: list[int], guess: int | None = None) -> int:
+    """The longest of ``lengths`` (ascending; :func:`even_lengths`) with
+    ``held(length) <= target``, given that ``lengths[0]`` is such a length; ``held`` grows
+    with the length, about linearly (``X + Y + A * length``), and may be infinite (a length
+    that does not lower). The search runs on positions in ``lengths``; its lines are drawn
+    through lengths and footprints, and a length a line predicts is taken down to the
+    longest of ``lengths`` at or below it.
+
+    The bracket ``[lo, hi)`` starts at the whole list. A ``guess`` (the answer of a similar
+    plan) is probed first, with its neighbour above: when it is the answer, that closes the
+    bracket. Without a guess above ``lengths[0]``, the neighbour of ``lengths[0]`` is probed
     first: a group that cannot grow at all (a third of the groups relaxed on the Evoformer)
-    costs one probe, and when it can, the line through ``fits`` and its neighbour predicts
-    the answer on a footprint linear from there. Otherwise, or when that prediction fits, the
-    next probe is the whole extent, so both ends of the bracket have values. Then steps
-    cycle: a secant step on the line through the two shortest lengths known not to fit, a
-    probe next to it (on a straight line the secant lands on the answer and its neighbour
-    closes the bracket), and a bisection, so that a bad line (page rounding, a step in the
-    storage plan) cannot slow it below a third of bisection's pace; bisection until two
-    lengths that do not fit are known.
+    costs one probe, and when it can, the line through the two predicts the answer on a
+    footprint linear from there. Otherwise, or when that prediction fits, the next probe is
+    the longest length, so both ends of the bracket have values. Then steps cycle: a secant
+    step on the line through the two shortest lengths known not to fit, a probe next to it
+    (on a straight line the secant lands on the answer and its neighbour closes the
+    bracket), and a bisection, so that a bad line (page rounding, a step in the storage plan)
+    cannot slow it below a third of bisection's pace; bisection until two lengths that do not
+    fit are known.
 
     The secant takes two lengths that do not fit, not the bracket's ends: below some length
     the footprint is flat (the peak is elsewhere in the plan) and only rises past it, so the
     line from a fitting length runs under the curve and lands a length or two above ``lo``
     (seen on the Evoformer: 15 probes for one group). Lengths over the target are on the
-    rising part. The only line drawn through fitting lengths is the one from ``fits`` to its
-    neighbour: no flat stretch can lie between two adjacent lengths.
+    rising part. The only line drawn through fitting lengths is the one from ``lengths[0]``
+    to its neighbour: no flat stretch can lie between two adjacent lengths.
 
     Where the footprint is not monotone, a neighbour that does not fit ends the search, and
-    the extent-first bracket might have found a longer length that fits beyond it; none of
+    the longest-first bracket might have found a longer length that fits beyond it; none of
     the plans ``benchmarks/check_plans.py`` checks changed with the neighbour-first probe.
     """
-    values = {fits: held(fits)}
-    lo, hi = fits, extent + 1  # lo fits; hi is the smallest length known not to (or past it)
+    top = len(lengths) - 1
+
+    def at_most(length: float) -> int:  # the position of the longest length <= ``length``
+        return bisect.bisect_right(lengths, length) - 1
+
+    values = {0: held(lengths[0])}
+    lo, hi = 0, top + 1  # lo fits; hi is the shortest known not to (or past the end)
     last, last_probe = "bisect", lo
-    if guess is not None and lo < guess <= extent:
-        for probe in (guess, guess + 1):
-            if probe > extent:
+    if guess is not None and guess > lengths[0]:
+        at = at_most(guess)
+        for probe in (at, at + 1):
+            if probe > top:
                 break
-            values[probe] = held(probe)
+            values[probe] = held(lengths[probe])
             if values[probe] > target:
                 hi = probe
                 break
             lo = probe
-    elif lo < extent:
-        values[lo + 1] = held(lo + 1)
-        if values[lo + 1] > target:
-            return lo
-        lo, last = lo + 1, "neighbour"
+    elif lo < top:
+        values[1] = held(lengths[1])
+        if values[1] > target:
+            return lengths[0]
+        lo, last = 1, "neighbour"
     while hi - lo > 1:
         probe = (lo + hi) // 2
         kind = "bisect"
         failing = sorted(n for n, v in values.items() if target < v < math.inf)
-        rise = values[lo] - values[lo - 1] if last == "neighbour" else 0
+        rise = 0.0
+        if last == "neighbour":
+            rise = (values[lo] - values[lo - 1]) / (lengths[lo] - lengths[lo - 1])
         if last == "secant":
             probe, kind = (lo + 1 if lo == last_probe else hi - 1), "adjacent"
-        elif rise > 0 and target - values[lo] >= rise:  # the line through fits and lo
-            probe, kind = lo + (target - values[lo]) // rise, "secant"
-        elif hi > extent:
-            probe, kind = extent, "extent"
+        elif rise > 0 and at_most(lengths[lo] + (target - values[lo]) / rise) > lo:
+            # the line through lengths[0] and its neighbour
+            probe, kind = at_most(lengths[lo] + (target - values[lo]) / rise), "secant"
+        elif hi > top:
+            probe, kind = top, "longest"
         elif last != "adjacent" and len(failing) >= 2:
             a, b = failing[:2]
-            slope = (values[b] - values[a]) / (b - a)
+            slope = (values[b] - values[a]) / (lengths[b] - lengths[a])
             if slope > 0:
-                probe, kind = a - math.ceil((values[a] - target) / slope), "secant"
+                probe, kind = at_most(lengths[a] - (values[a] - target) / slope), "secant"
         probe = min(max(probe, lo + 1), hi - 1)
-        values[probe] = held(probe)
+        values[probe] = held(lengths[probe])
         last, last_probe = kind, probe
         if values[probe] <= target:
             lo = probe
         else:
             hi = probe
-    return lo
+    return lengths[lo]
 
 
 def _view_sources(bindings) -> dict[str, str]:
