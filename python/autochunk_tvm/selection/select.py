@@ -162,6 +162,7 @@ class _Selector:
         self.own = {b.name: b.own_bytes for b in self.profile.bindings}
         self.storage_of = _view_sources(estimator.bindings)
         self._candidates: dict[int, list[ChunkCandidate]] = {}
+        self._traced: dict[tuple, ChunkCandidate | None] = {}  # of every search of func
         self._costs: dict[ChunkStep, float] = {}
         self._unlowerable: set[ChunkCandidate] = set()  # shared by with_budget copies
         self.classes = ClassFinder(self.func, estimator.func_name)
@@ -194,7 +195,7 @@ class _Selector:
     def candidates(self, centre: int) -> list[ChunkCandidate]:
         if centre not in self._candidates:
             found = search_chunk_candidates(
-                self.est.mod, func_name=self.est.func_name, centre=centre
+                self.est.mod, func_name=self.est.func_name, centre=centre, traced=self._traced
             )
             # NOTE [symbolic extents]: a symbolic function is selected on its static twin at
             # the bound (NOTE [symbolic selection], selection/symbolic.py); ``admits`` keeps the
