@@ -429,29 +429,22 @@ def allocation_of_planned(
         if st.end < n and s not in held:
             frees_at.setdefault(st.end, []).append(s)
 
-    pool_total = 0  # bytes the pooled allocator got from the device, never given back
-    free_pool: dict[int, list[int]] = {}  # rounded size -> the storages whose buffers it caches
     workspace_pool = WorkspacePoolModel()
     peak, peak_index = 0, -1
-    dead_at_peak: tuple[int, ...] = ()
     footprint = []
-    for i in range(n):
-        for s in allocs_at.get(i, ()):
-            size = _round_page(live.sizes[s])
-            if free_pool.get(size):
-                free_pool[size].pop()
-            else:
-                pool_total += size
+    pool_total = 0  # bytes the pooled allocator got from the device, never given back
+    for i, pool_total, _ in _pooled(live, allocs_at, frees_at):
         ws_peak = workspace_pool.run_kernel(live.workspace_allocs[i])
         footprint.append(pool_total + ws_peak)
         if pool_total + ws_peak > peak:
             peak, peak_index = pool_total + ws_peak, i
-            dead_at_peak = tuple(s for cached in free_pool.values() for s in cached) + tuple(
+    dead_at_peak: tuple[int, ...] = ()
+    for i, _, cached in _pooled(live, allocs_at, frees_at):
+        if i == peak_index:  # replayed once more up to the peak: what the pool caches there
+            dead_at_peak = tuple(s for free in cached.values() for s in free) + tuple(
                 s for s in held if live.storages[s].start <= i and live.storages[s].end < i
             )
-        for s in frees_at.get(i, ()):
-            free_pool.setdefault(_round_page(live.sizes[s]), []).append(s)
-
+            break
     planned = sum(
         live.sizes[s]
         for s, st in enumerate(live.storages)
@@ -474,6 +467,25 @@ def allocation_of_planned(
         function=func_name,
         dead_at_peak=dead_at_peak,
     )
+
+
+def _pooled(live: Liveness, allocs_at: dict, frees_at: dict):
+    """The VM's pooled allocator replayed over ``live``'s bindings: per binding, after the
+    storages it allocates and before those freed after it, ``(index, bytes got from the
+    device so far, the freed storages the pool caches by rounded size)``. The cache is one
+    dict, updated as the replay goes on: read it before the next step."""
+    pool_total = 0
+    free_pool: dict[int, list[int]] = {}  # rounded size -> the storages whose buffers it caches
+    for i in range(len(live.bindings)):
+        for s in allocs_at.get(i, ()):
+            size = _round_page(live.sizes[s])
+            if free_pool.get(size):
+                free_pool[size].pop()
+            else:
+                pool_total += size
+        yield i, pool_total, free_pool
+        for s in frees_at.get(i, ()):
+            free_pool.setdefault(_round_page(live.sizes[s]), []).append(s)
 
 
 def pinned_storages(lowered: tvm.IRModule, func_name: str, live: Liveness) -> frozenset[int]:

@@ -146,10 +146,11 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
     # lowering/lower.py): a composite new to the cache is lowered once, not once per layer.
     twins: dict[str, str] = {}  # name -> the name of the equal function lowered for it
     pending = StructuralMemo()
+    printed = str(target)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        tag = _tag(func, target)
+        tag = _tag(func, printed)
         hit = _cache.get(func, tag)
         if hit is not None:
             found[gv.name_hint] = hit
@@ -158,7 +159,7 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
         if first is not None:
             twins[gv.name_hint] = first
         elif is_zero(workspace_bytes(func)):
-            _cache.put(func, (), _tag(func, target))
+            _cache.put(func, (), tag)
             found[gv.name_hint] = ()
         else:
             todo[gv] = func
@@ -171,28 +172,41 @@ def lowered_workspace_allocations(mod, target) -> dict[str, tuple[SizeExpr, ...]
         for gv, func in lowered.functions.items():
             sizes = tuple(_buffer_bytes(b) for b in _global_buffers(func.body))
             source = todo[mod.get_global_var(gv.name_hint)]
-            _cache.put(source, sizes, _tag(source, target))
+            _cache.put(source, sizes, _tag(source, printed))
             found[gv.name_hint] = sizes
     for name, first in twins.items():
         found[name] = found[first]
     return found
 
 
-def _tag(func: tirx.PrimFunc, target) -> tuple:
-    """The cache key parts besides the function: the target, and the names of the shape
-    variables of its parameters.
+def _tag(func: tirx.PrimFunc, target: str) -> tuple:
+    """The cache key parts besides the function: the target (printed), and the names of the
+    shape variables of its parameters.
 
     NOTE [variable names in the cache]: structural equality maps a function's own variables
     one to one, so two kernels that differ only in the name of a length (``seq``, ``s75``) are
     equal; but the sizes cached are written in the first one's variables, and a call binds
     them by name. The names are part of the key.
     """
-    names = []
-    for param in func.params:
-        try:
-            shape = param.shape  # a buffer parameter (TVM 0.27: a Var of BufferType)
-        except AttributeError:
-            names.append(param.name)  # a scalar parameter
-            continue
-        names += [dim.name for dim in shape if isinstance(dim, tirx.Var)]
-    return (str(target), tuple(names))
+    key = func.__chandle__()
+    known = _shape_names.get(key)
+    if known is None:
+        if len(_shape_names) >= _NAMES_LIMIT:
+            _shape_names.clear()
+        names = []
+        for param in func.params:
+            try:
+                shape = param.shape  # a buffer parameter (TVM 0.27: a Var of BufferType)
+            except AttributeError:
+                names.append(param.name)  # a scalar parameter
+                continue
+            names += [dim.name for dim in shape if isinstance(dim, tirx.Var)]
+        known = _shape_names[key] = (func, tuple(names))
+    return (target, known[1])
+
+
+# The names of _tag by the function's handle, with the function (which keeps the handle its
+# own). Every plan's module holds the same kernels: reading their parameters through the FFI
+# for each plan was a tenth of a CPU estimate, the workspace it looked up a twentieth.
+_shape_names: dict[int, tuple[tirx.PrimFunc, tuple[str, ...]]] = {}
+_NAMES_LIMIT = 20000
