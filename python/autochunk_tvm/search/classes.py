@@ -19,6 +19,7 @@ import dataclasses
 import tvm
 from tvm import relax
 
+from ..analysis.memory import handle
 from .candidate import CantChunk, ChunkCandidate
 from .flow import flat_bindings, region_outputs, trace_region
 
@@ -51,11 +52,13 @@ class ClassFinder:
         self.func = func
         self.function_name = function_name
         self.bindings = flat_bindings(func)
-        index = {b.var: i for i, b in enumerate(self.bindings)}
-        self.position = index  # binding variable -> its index
+        # By handle (NOTE [keys by handle], analysis/memory.py).
+        index = {handle(b.var): i for i, b in enumerate(self.bindings)}
+        self.position = index  # a binding variable's handle -> its index
         self._at = {b.var.name: i for i, b in enumerate(self.bindings)}
         self._classes: dict[ChunkCandidate, RegionClass] = {}
-        described = [_describe(b, index) for b in self.bindings]
+        types: dict[int, str] = {}
+        described = [_describe(b, index, types) for b in self.bindings]
         self.keys: list[_Key] = [k for k, _ in described]
         self.refs: list[_Refs] = [r for _, r in described]
         self._by_key: dict[_Key, list[int]] = {}
@@ -150,34 +153,42 @@ def _axis_key(axis) -> tuple:
     return (-1 if axis.axis is None else axis.axis, axis.scale)
 
 
-def _describe(binding: relax.Binding, index: dict) -> tuple[_Key, _Refs]:
+def _describe(binding: relax.Binding, index: dict, types: dict) -> tuple[_Key, _Refs]:
+    """The binding's key and refs. ``types``: the printed type of each variable by handle,
+    filled as bindings are described in order; an argument's type is looked up there.
+    Printing a type costs as much as the rest of the description, and every variable is
+    read several times: a 48-block Evoformer's classes took 1.7 s, most of it printing."""
     value = binding.value
     refs: list[int | None] = []
-    key = (_value_key(value, index, refs), str(binding.var.ty))
+    own = types[handle(binding.var)] = str(binding.var.ty)
+    key = (_value_key(value, index, refs, types), own)
     return key, tuple(refs)
 
 
-def _value_key(value: relax.Expr, index: dict, refs: list) -> tuple:
+def _value_key(value: relax.Expr, index: dict, refs: list, types: dict) -> tuple:
     if isinstance(value, relax.Call):
         op = value.op.name if isinstance(value.op, tvm.ir.Op) else f"fn:{value.op}"
         attrs = str(value.attrs) if value.attrs is not None else ""
-        args = tuple(_arg_key(a, index, refs) for a in value.args)
+        args = tuple(_arg_key(a, index, refs, types) for a in value.args)
         return ("call", op, attrs, args)
     if isinstance(value, relax.TupleGetItem):
-        return ("get", value.index, _arg_key(value.tuple_value, index, refs))
+        return ("get", value.index, _arg_key(value.tuple_value, index, refs, types))
     if isinstance(value, relax.Tuple):
-        return ("tuple", tuple(_arg_key(f, index, refs) for f in value.fields))
+        return ("tuple", tuple(_arg_key(f, index, refs, types) for f in value.fields))
     if isinstance(value, relax.Var):
-        return ("alias", _arg_key(value, index, refs))
+        return ("alias", _arg_key(value, index, refs, types))
     return (type(value).__name__, str(value))
 
 
-def _arg_key(arg: relax.Expr, index: dict, refs: list) -> tuple:
+def _arg_key(arg: relax.Expr, index: dict, refs: list, types: dict) -> tuple:
     if isinstance(arg, relax.Var):
-        refs.append(index.get(arg))
-        return ("var", str(arg.ty))
+        key = handle(arg)
+        refs.append(index.get(key))
+        if key not in types:  # a parameter
+            types[key] = str(arg.ty)
+        return ("var", types[key])
     if isinstance(arg, tvm.ir.expr.GenericConst):
         return ("const", str(arg.ty))
     if isinstance(arg, relax.Tuple):
-        return ("tuple", tuple(_arg_key(f, index, refs) for f in arg.fields))
+        return ("tuple", tuple(_arg_key(f, index, refs, types) for f in arg.fields))
     return (type(arg).__name__, str(arg))

@@ -122,8 +122,7 @@ def find_recomputable(
         for key in dict.fromkeys(handle(v) for v in read_vars(binding.value)):
             readers.setdefault(key, []).append(position)  # once per reader
     escaping = {handle(v) for v in relax.analysis.free_vars(func.body.body)}
-    # A record names its bindings: a name bound twice could not be found again by it.
-    bound = Counter(b.var.name for b in bindings)
+    bound: Counter | None = None  # bindings per name, counted when first needed
 
     def nbytes(var: relax.Var) -> int | None:
         size = type_bytes(var.ty)
@@ -142,9 +141,11 @@ def find_recomputable(
         key = handle(var)
         if key in taken or block_of[key] < 0 or op_name(binding.value) not in CHEAP_OPS:
             continue
-        size = nbytes(var)
         mine = readers.get(key, [])
-        if size is None or size < min_bytes or len(mine) < 2 or key in escaping:
+        if len(mine) < 2 or key in escaping:  # before the size: most values have one reader
+            continue
+        size = nbytes(var)
+        if size is None or size < min_bytes:
             continue
         if any(block_of[handle(bindings[r].var)] != block_of[key] for r in mine):
             continue
@@ -158,6 +159,8 @@ def find_recomputable(
             continue
         if any(handle(bindings[p].var) in escaping for p in inner):
             continue
+        # A record names its bindings: a name bound twice could not be found again by it.
+        bound = bound or Counter(b.var.name for b in bindings)
         if any(bound[bindings[p].var.name] > 1 for p in chain + mine):
             logger.debug("%s is not recomputed: a binding of it has a name bound twice", var.name)
             continue

@@ -27,6 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..analysis.memory import handle
 from ..lowering import ChunkStep
 from ..lowering.plan import ordered_steps
 from ..search.classes import ClassFinder
@@ -216,7 +217,7 @@ class ShallowTwin:
         """Whether every value of a dropped repeat that ``expr`` reads has a stand-in."""
         position = self.classes.position
         for var in relax.analysis.free_vars(expr):
-            j = position.get(var)
+            j = position.get(handle(var))
             if j is not None and cut <= j < end and var not in env:
                 return False
         return True
