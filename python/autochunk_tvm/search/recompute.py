@@ -160,7 +160,8 @@ def find_recomputable(
         if any(handle(bindings[p].var) in escaping for p in inner):
             continue
         # A record names its bindings: a name bound twice could not be found again by it.
-        bound = bound or Counter(b.var.name for b in bindings)
+        if bound is None:
+            bound = Counter(b.var.name for b in bindings)
         if any(bound[bindings[p].var.name] > 1 for p in chain + mine):
             logger.debug("%s is not recomputed: a binding of it has a name bound twice", var.name)
             continue
