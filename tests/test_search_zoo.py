@@ -50,6 +50,32 @@ def test_gpt_attention_scores_chunked_over_queries(gpt_attention):
     _check_numerics(mod, args, candidates, chunk_units=5, rng=random.Random(0))
 
 
+def test_searches_that_share_their_traces_find_what_each_finds_alone(gpt_attention, monkeypatch):
+    """Selection's searches around several centres share one table of traces (traced=): each
+    finds the candidates it finds alone, and no region is traced twice."""
+    from autochunk_tvm.search import regions
+
+    mod, _, _ = gpt_attention
+    n = len(flat_bindings(mod["main"]))
+    centres = [n // 3, n // 3 + 2, n // 2]
+    calls = []
+    real = regions.trace_region
+
+    def counted(func, start, end, axes, **kw):
+        calls.append((start, end, tuple(axes.items())))
+        return real(func, start, end, axes, **kw)
+
+    monkeypatch.setattr(regions, "trace_region", counted)
+    alone = [search_chunk_candidates(mod, centre=c) for c in centres]
+    traced_alone, calls[:] = len(calls), []
+    table: dict = {}
+    shared = [search_chunk_candidates(mod, centre=c, traced=table) for c in centres]
+    assert shared == alone and all(alone)
+    assert len(calls) == len(set(calls)) == len(table) < traced_alone
+    found = {(c.start, c.end, tuple((o, a.axis) for o, a in c.outputs)) for f in alone for c in f}
+    assert {key for key, cand in table.items() if cand is not None} == found
+
+
 @pytest.mark.slow  # 32 s; test_lowering's gpt-mlp region chunks it over the sequence
 def test_gpt_mlp_chunked_over_the_sequence():
     model, args = ac.models.gpt("tiny")  # the MLP hidden layer is the peak at this size
