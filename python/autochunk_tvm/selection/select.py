@@ -534,14 +534,15 @@ def _largest_fitting(held, target: int, lengths: list[int], guess: int | None = 
         probe = (lo + hi) // 2
         kind = "bisect"
         failing = sorted(n for n, v in values.items() if target < v < math.inf)
-        rise = 0.0
+        line = lo  # where the line through lengths[0] and its neighbour meets the target
         if last == "neighbour":
             rise = (values[lo] - values[lo - 1]) / (lengths[lo] - lengths[lo - 1])
+            if rise > 0:
+                line = at_most(lengths[lo] + (target - values[lo]) / rise)
         if last == "secant":
             probe, kind = (lo + 1 if lo == last_probe else hi - 1), "adjacent"
-        elif rise > 0 and at_most(lengths[lo] + (target - values[lo]) / rise) > lo:
-            # the line through lengths[0] and its neighbour
-            probe, kind = at_most(lengths[lo] + (target - values[lo]) / rise), "secant"
+        elif line > lo:
+            probe, kind = line, "secant"
         elif hi > top:
             probe, kind = top, "longest"
         elif last != "adjacent" and len(failing) >= 2:
